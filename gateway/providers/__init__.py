@@ -1,0 +1,1 @@
+"""Upstreams behind one interface (:class:`gateway.providers.base.Upstream`)."""

@@ -1,0 +1,54 @@
+"""Process settings, read from ``TOLLGATE_*`` environment variables.
+
+Nothing is instantiated at import time: ``Settings()`` is built by the CLI (or a test) and handed
+down explicitly, so two apps with different settings can live in one process.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything a gateway process needs to know that is not policy."""
+
+    model_config = SettingsConfigDict(env_prefix="TOLLGATE_", frozen=True, extra="ignore")
+
+    policy: Path = Path("policies")
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 1
+
+    # Where the embedded default keeps its SQLite file and the demo key.
+    data_dir: Path = Path(".tollgate")
+    # postgresql+asyncpg://... switches the embedded SQLite file to Postgres.
+    database_url: str | None = None
+    # redis://... switches the in-process state store to Redis.
+    redis_url: str | None = None
+    redis_prefix: str = "tollgate:"
+
+    admin_key: str | None = None
+    demo_team: str = "demo"
+    max_body_bytes: int = 32 * 1024 * 1024
+    shutdown_grace_s: float = 30.0
+    # How long a key lookup is trusted before the database is asked again: the bound on how
+    # late a revocation takes effect on a replica.
+    key_cache_ttl_s: float = 5.0
+    migrate: bool = True
+    replica: str = ""
+    log_level: str = "info"
+    access_log: bool = True
+
+    def resolved_database_url(self) -> str:
+        """The database URL, defaulting to a SQLite file under ``data_dir``."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'tollgate.db').resolve()}"
+
+    def replica_name(self) -> str:
+        """A name for this process in logs and the ledger."""
+        return self.replica or f"{socket.gethostname()}-{os.getpid()}"
