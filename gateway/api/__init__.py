@@ -1,0 +1,1 @@
+"""HTTP handlers: thin. Parse, authenticate, call the pipeline, render."""

@@ -1,0 +1,118 @@
+"""The outermost ASGI layer: request ids, the request record, and the access log.
+
+Raw ASGI rather than framework middleware, because it runs on every request and must cost
+microseconds: it names the request (honouring a sane client ``x-request-id``), stamps that id on
+every response, and writes one JSON access-log line when the response has been sent, streams
+included.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.errors import GatewayError
+from gateway.record import RequestRecord
+
+access_log = logging.getLogger("tollgate.access")
+log = logging.getLogger("tollgate")
+_MAX_ID = 128
+
+
+def _request_id(scope: Scope) -> str:
+    for name, value in scope["headers"]:
+        if name == b"x-request-id":
+            text: str = value.decode("latin-1")
+            if 0 < len(text) <= _MAX_ID and text.isascii() and text.isprintable():
+                return text
+            break
+    return "req_" + secrets.token_hex(12)
+
+
+class RequestContext:
+    """Gives every HTTP request a :class:`RequestRecord` in ``scope["state"]["record"]``."""
+
+    def __init__(self, app: ASGIApp, *, log_requests: bool = True) -> None:
+        self.app = app
+        self.log_requests = log_requests
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = _request_id(scope)
+        record = RequestRecord(request_id, time.perf_counter(), scope["method"], scope["path"])
+        scope.setdefault("state", {})["record"] = record
+        id_header = (b"x-request-id", request_id.encode())
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                record.http_status = message["status"]
+                message["headers"] = [*message.get("headers", ()), id_header]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception as exc:
+            # Only the class and message are logged (a trace could carry request data); the
+            # client gets the OpenAI envelope and the request id to quote.
+            record.status, record.error_type = "error", "internal_error"
+            log.error(
+                "unexpected error",
+                extra={"fields": {"request_id": request_id, "error": _describe(exc)}},
+            )
+            if record.http_status == 0:
+                error = GatewayError(
+                    f"The gateway failed to handle this request (request id {request_id})."
+                )
+                await send_with_id(
+                    {
+                        "type": "http.response.start",
+                        "status": error.status,
+                        "headers": [(b"content-type", b"application/json")],
+                    }
+                )
+                await send({"type": "http.response.body", "body": error.body()})
+        finally:
+            if record.total_ms is None:
+                record.total_ms = (time.perf_counter() - record.started) * 1000
+            if self.log_requests and access_log.isEnabledFor(logging.INFO):
+                access_log.info("request", extra={"fields": _log_fields(record)})
+
+
+def _log_fields(record: RequestRecord) -> dict[str, Any]:
+    return {
+        "request_id": record.request_id,
+        "method": record.method,
+        "path": record.path,
+        "http_status": record.http_status,
+        "status": record.status if record.http_status < 400 or record.status != "ok" else "error",
+        "error_type": record.error_type,
+        "team": record.team,
+        "key_id": record.key_id,
+        "route": record.route,
+        "deployment": record.deployment,
+        "replica": record.replica,
+        "attempts": record.attempts,
+        "stream": record.stream,
+        "prompt_tokens": record.prompt_tokens,
+        "completion_tokens": record.completion_tokens,
+        "ttft_ms": None if record.ttft_ms is None else round(record.ttft_ms, 2),
+        "total_ms": round(record.total_ms or 0.0, 2),
+    }
+
+
+def _describe(exc: BaseException) -> str:
+    """``Type: message`` plus where it was raised (file:line), never the whole trace."""
+    where = ""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is not None:
+        code = tb.tb_frame.f_code
+        where = f" at {code.co_filename.rsplit('/', 1)[-1]}:{tb.tb_lineno} in {code.co_name}"
+    return f"{type(exc).__name__}: {exc}"[:300] + where

@@ -1,0 +1,217 @@
+"""Assembling the application: ``create_app(settings)`` builds everything in one place.
+
+The lifespan builds one :class:`Services` object (no globals) and hangs it on ``app.state``;
+handlers reach it through ``gateway.api.deps``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException
+
+from gateway.api import admin, health, openai
+from gateway.api.context import RequestContext
+from gateway.auth.resolver import KeyResolver
+from gateway.auth.store import KeyStore
+from gateway.db.engine import AsyncEngine, create_engine, ping, session_factory
+from gateway.db.migrate import upgrade
+from gateway.errors import GatewayError, InvalidRequest, NotFound
+from gateway.pipeline import Pipeline
+from gateway.policy.loader import load_policy
+from gateway.policy.schema import Policy
+from gateway.policy.store import PolicyStore
+from gateway.providers.base import Upstream
+from gateway.providers.registry import Upstreams
+from gateway.record import RequestRecord
+from gateway.settings import Settings
+from gateway.state import StateStore
+from gateway.tokens import TokenCounter
+
+log = logging.getLogger("tollgate")
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    """Everything a request may need, built once per process by the lifespan."""
+
+    settings: Settings
+    policies: PolicyStore
+    upstreams: Upstreams
+    engine: AsyncEngine
+    key_store: KeyStore
+    keys: KeyResolver
+    state: StateStore
+    pipeline: Pipeline
+
+    def reload_policy(self) -> Policy:
+        """Load the policy again; on success new requests use it (in-flight ones keep theirs)."""
+        policy = self.policies.reload()
+        log.info("policy reloaded", extra={"fields": {"sources": list(policy.sources)}})
+        return policy
+
+    async def readiness(self) -> dict[str, dict[str, Any]]:
+        policy = self.policies.current
+        checks: dict[str, dict[str, Any]] = {
+            "policy": {
+                "ok": True,
+                "routes": len(policy.document.routes),
+                "sources": list(policy.sources),
+            }
+        }
+        started = time.perf_counter()
+        try:
+            await asyncio.wait_for(ping(self.engine), timeout=2.0)
+            checks["database"] = {
+                "ok": True,
+                "backend": self.engine.dialect.name,
+                "latency_ms": round((time.perf_counter() - started) * 1000, 2),
+            }
+        except Exception as exc:  # any failure to answer means not ready; say which kind
+            checks["database"] = {"ok": False, "error": type(exc).__name__}
+        checks["state"] = await self.state.check()
+        return checks
+
+
+async def build_services(settings: Settings) -> Services:
+    """Open every connection and build the request pipeline."""
+    policies = PolicyStore(settings.policy, load_policy(settings.policy))
+    database_url = settings.resolved_database_url()
+    if settings.migrate:
+        await upgrade(database_url)
+    engine = create_engine(database_url)
+    key_store = KeyStore(session_factory(engine))
+    upstreams = Upstreams(policies.current, grace_s=settings.shutdown_grace_s + 60)
+    policies.on_swap.append(lambda _old, new: upstreams.update(new))
+    state = StateStore(settings.redis_url, settings.redis_prefix)
+
+    def current_upstreams() -> Mapping[str, Upstream]:
+        return upstreams.clients
+
+    pipeline = Pipeline(
+        policy=lambda: policies.current, upstreams=current_upstreams, tokens=TokenCounter()
+    )
+    return Services(
+        settings=settings,
+        policies=policies,
+        upstreams=upstreams,
+        engine=engine,
+        key_store=key_store,
+        keys=KeyResolver(key_store, ttl_s=settings.key_cache_ttl_s),
+        state=state,
+        pipeline=pipeline,
+    )
+
+
+async def close_services(services: Services) -> None:
+    await services.upstreams.aclose()
+    await services.state.aclose()
+    await services.engine.dispose()
+
+
+def create_app(settings: Settings, *, handle_signals: bool = False) -> FastAPI:
+    """The ASGI application. ``handle_signals`` installs SIGHUP = reload the policy."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        services = await build_services(settings)
+        app.state.services = services
+        loop = asyncio.get_running_loop()
+        if handle_signals:
+            loop.add_signal_handler(signal.SIGHUP, _reload_on_signal, services)
+        try:
+            yield
+        finally:
+            if handle_signals:
+                loop.remove_signal_handler(signal.SIGHUP)
+            await close_services(services)
+
+    app = FastAPI(
+        title="Tollgate",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+    app.include_router(health.router)
+    app.include_router(admin.router)
+    app.include_router(openai.router)
+    app.add_exception_handler(GatewayError, _gateway_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_middleware(RequestContext, log_requests=settings.access_log)
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    """Factory for uvicorn workers (``--workers N``): settings come from TOLLGATE_* variables."""
+    return create_app(Settings(), handle_signals=True)
+
+
+def _reload_on_signal(services: Services) -> None:
+    try:
+        services.reload_policy()
+    except GatewayError as exc:
+        log.error("policy reload refused", extra={"fields": {"error": exc.message}})
+    except Exception as exc:  # PolicyError: the old policy keeps serving
+        problems = getattr(exc, "problems", [str(exc)])
+        log.error(
+            "policy reload refused; the old policy keeps serving",
+            extra={"fields": {"problems": problems}},
+        )
+
+
+def _error_response(request: Request, error: GatewayError) -> Response:
+    record: RequestRecord | None = request.scope.get("state", {}).get("record")
+    if record is not None:
+        if record.status == "ok":
+            record.status = _status_of(error)
+        record.error_type = error.code or error.type
+    headers = dict(error.headers)
+    return Response(error.body(), error.status, headers=headers, media_type="application/json")
+
+
+def _status_of(error: GatewayError) -> str:
+    if error.status == 429:
+        return "rejected_rate" if error.type == "rate_limit_exceeded" else "rejected_budget"
+    if error.status >= 500:
+        return "upstream_error"
+    if error.status in (401, 403):
+        return "unauthorized"
+    return "invalid_request"
+
+
+async def _gateway_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, GatewayError)
+    return _error_response(request, exc)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        error: GatewayError = NotFound(
+            f"Unknown request URL: {request.method} {request.url.path}.", code="unknown_url"
+        )
+    elif exc.status_code == 405:
+        error = InvalidRequest(
+            f"Method {request.method} is not allowed for {request.url.path}.",
+            status=405,
+            code="method_not_allowed",
+        )
+    else:
+        error = GatewayError(str(exc.detail), status=exc.status_code)
+    return _error_response(request, error)
+
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    return _error_response(request, InvalidRequest("The request is malformed."))

@@ -1,0 +1,44 @@
+"""What one request did: filled in along the request path, read by the access log (and the ledger).
+
+Never holds prompt or completion text, nor a key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    request_id: str
+    started: float  # time.perf_counter() when the request arrived
+    method: str = ""
+    path: str = ""
+    team: str | None = None
+    key_id: str | None = None
+    route: str | None = None
+    requested_model: str | None = None
+    deployment: str | None = None
+    provider: str | None = None
+    replica: str | None = None
+    status: str = "ok"
+    http_status: int = 0
+    error_type: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    attempts: int = 0
+    stream: bool = False
+    ttft_ms: float | None = None
+    total_ms: float | None = None
+    end_user: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_log(self) -> dict[str, Any]:
+        """The access-log line's fields (no text, no key; ``started`` is internal)."""
+        data = asdict(self)
+        del data["started"]
+        if not data["extra"]:
+            del data["extra"]
+        return data

@@ -1,0 +1,57 @@
+"""Shared state: Redis when ``TOLLGATE_REDIS_URL`` is set, else kept in this process.
+
+The embedded default keeps what would live in Redis in process (one worker only, since nothing
+would be shared between workers). Budget counters, routing statistics and the prompt cache build
+on this.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+log = logging.getLogger("tollgate.state")
+
+
+class StateStore:
+    """The handle on shared state, and its health for /readyz."""
+
+    def __init__(self, redis_url: str | None, prefix: str) -> None:
+        self.prefix = prefix
+        self.redis: aioredis.Redis | None = (
+            aioredis.from_url(
+                redis_url,
+                socket_connect_timeout=1.0,
+                socket_timeout=1.0,
+                health_check_interval=10,
+            )
+            if redis_url
+            else None
+        )
+
+    @property
+    def backend(self) -> str:
+        return "redis" if self.redis is not None else "memory"
+
+    async def check(self) -> dict[str, Any]:
+        if self.redis is None:
+            return {"ok": True, "backend": "memory"}
+        started = time.perf_counter()
+        try:
+            await asyncio.wait_for(self.redis.ping(), timeout=1.0)
+        except (TimeoutError, RedisError, OSError) as exc:
+            return {"ok": False, "backend": "redis", "error": type(exc).__name__}
+        return {
+            "ok": True,
+            "backend": "redis",
+            "latency_ms": round((time.perf_counter() - started) * 1000, 2),
+        }
+
+    async def aclose(self) -> None:
+        if self.redis is not None:
+            await self.redis.aclose()

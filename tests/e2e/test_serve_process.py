@@ -1,0 +1,256 @@
+"""A real ``tollgate serve`` process, driven by the openai SDK exactly as the README shows."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from tests.e2e.conftest import ADMIN_KEY
+from tests.support.bad_upstream import bad_upstream
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class Served:
+    process: subprocess.Popen[str]
+    port: int
+    lines: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def demo_key(self) -> str:
+        for line in self.lines:
+            found = re.search(r"(tg-[A-Za-z0-9_-]{8,})", line)
+            if found:
+                return found.group(1)
+        raise AssertionError(f"no demo key printed; stdout was {self.lines}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        return self.process.wait(timeout=timeout)
+
+
+def serve(tmp_path: Path, policy: Path, *extra: str, env: dict[str, str] | None = None) -> Served:
+    """Start ``tollgate serve`` and wait until it answers /healthz."""
+    port = free_port()
+    environment = {
+        **os.environ,
+        "TOLLGATE_DATA_DIR": str(tmp_path / "data"),
+        "TOLLGATE_ADMIN_KEY": ADMIN_KEY,
+        **(env or {}),
+    }
+    environment.pop("TOLLGATE_DATABASE_URL", None)
+    environment.pop("TOLLGATE_REDIS_URL", None)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "serve",
+            "--policy",
+            str(policy),
+            "--port",
+            str(port),
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environment,
+        cwd=REPO,
+    )
+    served = Served(process, port)
+    assert process.stdout is not None and process.stderr is not None
+    threading.Thread(target=_drain, args=(process.stdout, served.lines), daemon=True).start()
+    threading.Thread(target=_drain, args=(process.stderr, served.errors), daemon=True).start()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"serve exited {process.returncode}: {served.errors[-20:]}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return served
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    served.stop(signal.SIGKILL)
+    raise AssertionError(f"serve did not come up: {served.errors[-20:]}")
+
+
+def _drain(stream: object, into: list[str]) -> None:
+    for line in stream:  # type: ignore[attr-defined]
+        into.append(line.rstrip("\n"))
+
+
+@pytest.fixture
+def demo(tmp_path: Path) -> Iterator[Served]:
+    served = serve(tmp_path, REPO / "policies")
+    yield served
+    served.stop(signal.SIGKILL)
+
+
+def test_readme_snippet_against_the_embedded_default(demo: Served) -> None:
+    # The banner comes first, on stdout, before the server accepts requests.
+    assert demo.lines[0] == f"Tollgate serving on {demo.base_url}"
+    client = openai.OpenAI(base_url=demo.base_url, api_key=demo.demo_key(), max_retries=0)
+    assert {m.id for m in client.models.list().data} == {"chat", "embed"}
+    chat = client.chat.completions.create(
+        model="chat", messages=[{"role": "user", "content": "hi"}]
+    )
+    assert chat.choices[0].message.content
+    chunks = list(
+        client.chat.completions.create(
+            model="chat",
+            messages=[{"role": "user", "content": "hello"}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+    embeddings = client.embeddings.create(model="embed", input=["a", "b"])
+    assert len(embeddings.data) == 2
+    completion = client.completions.create(model="chat", prompt="Say hi")
+    assert completion.choices[0].text
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=demo.base_url, api_key="tg-wrong-key", max_retries=0).models.list()
+
+
+def test_access_log_is_json_without_secrets(demo: Served) -> None:
+    key = demo.demo_key()
+    client = openai.OpenAI(base_url=demo.base_url, api_key=key, max_retries=0)
+    client.chat.completions.create(
+        model="chat",
+        messages=[{"role": "user", "content": "a secret prompt"}],
+        extra_headers={"x-request-id": "trace-log-1"},
+    )
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not any("trace-log-1" in e for e in demo.errors):
+        time.sleep(0.05)
+    import json
+
+    line = next(json.loads(e) for e in demo.errors if "trace-log-1" in e)
+    assert line["team"] == "demo" and line["route"] == "chat" and line["http_status"] == 200
+    assert line["deployment"] and line["prompt_tokens"] > 0 and line["total_ms"] > 0
+    everything = "\n".join(demo.errors + demo.lines[1:])
+    assert "a secret prompt" not in everything
+    assert key not in "\n".join(demo.errors)
+
+
+def test_demo_key_is_reused_after_restart(tmp_path: Path) -> None:
+    first = serve(tmp_path, REPO / "policies")
+    key = first.demo_key()
+    # uvicorn re-raises SIGTERM after its graceful shutdown, as a process killed by it would end.
+    assert first.stop() == -signal.SIGTERM
+    second = serve(tmp_path, REPO / "policies")
+    try:
+        assert second.demo_key() == key
+    finally:
+        second.stop(signal.SIGKILL)
+
+
+def test_sighup_and_admin_reload(tmp_path: Path) -> None:
+    policy_dir = tmp_path / "policies"
+    policy_dir.mkdir()
+    original = (REPO / "policies" / "demo.yaml").read_text()
+    (policy_dir / "demo.yaml").write_text(original)
+    served = serve(tmp_path, policy_dir)
+    try:
+        client = openai.OpenAI(base_url=served.base_url, api_key=served.demo_key(), max_retries=0)
+        # A new route appears after SIGHUP.
+        (policy_dir / "demo.yaml").write_text(
+            original.replace("routes:\n", "routes:\n  chat2:\n    candidates: [sim-chat]\n", 1)
+        )
+        served.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while "chat2" not in {m.id for m in client.models.list().data}:
+            assert time.monotonic() < deadline, "SIGHUP did not reload the policy"
+            time.sleep(0.1)
+        # An invalid policy is refused by the admin endpoint; the old one keeps serving.
+        (policy_dir / "demo.yaml").write_text(
+            original.replace("candidates: [", "candidates: [nope, ", 1)
+        )
+        response = httpx.post(
+            f"http://127.0.0.1:{served.port}/admin/policy/reload",
+            headers={"authorization": f"Bearer {ADMIN_KEY}"},
+        )
+        assert response.status_code == 400
+        assert 'unknown model "nope"' in response.json()["error"]["message"]
+        assert "chat2" in {m.id for m in client.models.list().data}
+        assert client.chat.completions.create(
+            model="chat2", messages=[{"role": "user", "content": "hi"}]
+        ).choices
+    finally:
+        served.stop(signal.SIGKILL)
+
+
+def test_sigterm_lets_a_stream_finish(tmp_path: Path) -> None:
+    served = serve(tmp_path, REPO / "policies")
+    client = openai.OpenAI(base_url=served.base_url, api_key=served.demo_key(), max_retries=0)
+    # ~64 tokens at the demo's pace: the stream is in flight when SIGTERM arrives.
+    stream = client.chat.completions.create(
+        model="chat", messages=[{"role": "user", "content": "long"}], stream=True, max_tokens=64
+    )
+    first = next(iter(stream))
+    served.process.send_signal(signal.SIGTERM)
+    rest = list(stream)
+    assert first.choices and rest
+    assert rest[-1].choices[0].finish_reason == "length"
+    assert served.process.wait(timeout=30) == -signal.SIGTERM
+    assert any("Finished server process" in line for line in served.errors)
+
+
+async def test_client_disconnect_closes_the_upstream(tmp_path: Path) -> None:
+    async with bad_upstream() as upstream:
+        policy_dir = tmp_path / "policies"
+        policy_dir.mkdir()
+        (policy_dir / "p.yaml").write_text(
+            f"""
+providers:
+  endless: {{type: openai, base_urls: ["{upstream.url("endless-stream")}"]}}
+models:
+  forever: {{provider: endless, model: forever}}
+routes:
+  chat: {{candidates: [forever]}}
+teams:
+  demo: {{routes: ["*"]}}
+"""
+        )
+        served = await asyncio.to_thread(serve, tmp_path, policy_dir)
+        try:
+            client = openai.AsyncOpenAI(
+                base_url=served.base_url, api_key=served.demo_key(), max_retries=0
+            )
+            stream = await client.chat.completions.create(
+                model="chat", messages=[{"role": "user", "content": "go"}], stream=True
+            )
+            async for _ in stream:
+                break
+            await stream.close()
+            await asyncio.wait_for(upstream.disconnected.wait(), timeout=5)
+        finally:
+            served.stop(signal.SIGKILL)
