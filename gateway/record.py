@@ -28,11 +28,20 @@ class RequestRecord:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
+    cost_usd: float = 0.0
+    cost_saved_usd: float = 0.0
+    # The estimate the budget reserved (x-tollgate-cost-usd before the answer is known).
+    estimated_cost_usd: float = 0.0
+    cache: str | None = None  # hit | miss | bypass, when the route caches
+    slo_met: bool | None = None
     attempts: int = 0
     stream: bool = False
     ttft_ms: float | None = None
     total_ms: float | None = None
     end_user: str | None = None
+    # The client's x-tollgate-tags (feature=search,env=prod), for the ledger.
+    tags: dict[str, str] = field(default_factory=dict)
+    replica_name: str = ""  # this gateway process
     extra: dict[str, Any] = field(default_factory=dict)
 
     def as_log(self) -> dict[str, Any]:

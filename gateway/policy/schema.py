@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/@-]*$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=128)]
@@ -78,6 +78,8 @@ class OpenAIProvider(Strict):
     pricing: ProviderPricing | None = None
     connect_timeout_s: PositiveFloat = 5.0
     max_connections: Annotated[int, Field(gt=0)] = 256
+    # Requests in flight per replica before the next ones queue (briefly) or are shed.
+    max_in_flight: Annotated[int, Field(gt=0)] | None = None
 
     @field_validator("base_urls")
     @classmethod
@@ -123,13 +125,65 @@ class Deployment(Strict):
     pricing: ModelPricing | None = None
 
 
+class Slo(Strict):
+    """A route's latency target, met by a request when both bounds hold."""
+
+    ttft_ms: PositiveFloat | None = None
+    total_ms: PositiveFloat | None = None
+    percentile: Annotated[float, Field(gt=0, lt=100)] = 95
+
+
+class CacheSpec(Strict):
+    """Exact-match prompt caching (top level for every route, or per route to override)."""
+
+    enabled: bool = True
+    ttl_s: PositiveFloat = 600
+    scope: Literal["team", "shared"] = "team"
+    mode: Literal["deterministic", "all"] = "deterministic"
+    count_hits: bool = False
+    max_entry_bytes: Annotated[int, Field(gt=0)] = 262_144
+
+
+Strategy = Literal["cheapest-within-slo", "fastest", "ordered", "weighted"]
+
+
 class Route(Strict):
     """A name clients put in ``model``, served by one of its candidate deployments."""
 
     candidates: Annotated[list[Name], Field(min_length=1)]
+    slo: Slo | None = None
+    strategy: Strategy = "cheapest-within-slo"
+    # For strategy: weighted, the share of traffic per candidate (missing ones weigh 1).
+    weights: dict[Name, NonNegativeFloat] = Field(default_factory=dict)
     # Extra attempts after the first; default: every other candidate once.
     retries: Annotated[int, Field(ge=0)] | None = None
     timeout_s: PositiveFloat = 60.0
+    cache: CacheSpec | None = None
+
+
+Window = Literal["minute", "hour", "day", "week", "month"]
+RedisDownMode = Literal["fail_open", "fail_closed"]
+
+
+class Budget(Strict):
+    """A cap on tokens or on dollars per UTC calendar window (exactly one of the two)."""
+
+    tokens: Annotated[int, Field(gt=0)] | None = None
+    usd: PositiveFloat | None = None
+    window: Window
+
+    @model_validator(mode="after")
+    def _one_unit(self) -> Budget:
+        if (self.tokens is None) == (self.usd is None):
+            raise ValueError("a budget sets exactly one of tokens or usd")
+        return self
+
+
+class Limits(Strict):
+    """Rate limits per minute: requests and tokens."""
+
+    rpm: Annotated[int, Field(gt=0)] | None = None
+    tpm: Annotated[int, Field(gt=0)] | None = None
 
 
 class Team(Strict):
@@ -137,6 +191,21 @@ class Team(Strict):
     keys: list[Annotated[str, Field(pattern=r"^sha256:[0-9a-f]{64}$")]] = Field(
         default_factory=list
     )
+    budgets: list[Budget] = Field(default_factory=list)
+    limits: Limits | None = None
+    # Default max_tokens when a request sets none, and the cap when it asks for more.
+    max_tokens: Annotated[int, Field(gt=0)] | None = None
+    on_cap: Literal["clamp", "reject"] = "clamp"
+    # A budget every key of the team gets on its own, under the team's.
+    keys_budget: Budget | None = None
+    on_redis_down: RedisDownMode | None = None
+
+
+class Defaults(Strict):
+    """What applies when neither a request nor its team says otherwise."""
+
+    max_tokens: Annotated[int, Field(gt=0)] = 4096
+    on_redis_down: RedisDownMode = "fail_closed"
 
 
 class PolicyDocument(Strict):
@@ -146,6 +215,8 @@ class PolicyDocument(Strict):
     models: dict[Name, Deployment] = Field(default_factory=dict)
     routes: dict[Name, Route] = Field(default_factory=dict)
     teams: dict[Name, Team] = Field(default_factory=dict)
+    cache: CacheSpec | None = None
+    defaults: Defaults = Field(default_factory=Defaults)
 
 
 class Policy:

@@ -57,6 +57,9 @@ class UpstreamRequest:
     stream: bool
     timeout_s: float
     request_id: str
+    # Requests with equal keys (e.g. a shared system prompt) prefer the same replica, whose
+    # KV cache already holds that prefix.
+    affinity_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
