@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import asyncio
+import contextlib
+from collections.abc import Coroutine
+from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Depends, Request, Response
@@ -26,8 +29,42 @@ async def _serve(endpoint: Endpoint, request: Request, caller: Principal) -> Res
     rec = record(request)
     body = validate.parse_body(await read_body(request, found.settings.max_body_bytes))
     validate.check(endpoint, body)
-    result = await found.pipeline.handle(endpoint, body, caller, rec)
+    handling = found.pipeline.handle(endpoint, body, caller, rec)
+    if body.get("stream"):
+        # A stream notices a departed client on its own (the response task is cancelled).
+        return render(await handling)
+    result = await _unless_client_leaves(request, handling)
+    if result is None:
+        rec.status, rec.error_type = "client_disconnect", "client_disconnect"
+        return Response(status_code=499)
     return render(result)
+
+
+async def _unless_client_leaves(
+    request: Request, work: Coroutine[Any, Any, JsonResult | StreamResult]
+) -> JsonResult | StreamResult | None:
+    """Run ``work``; if the client disconnects first, cancel it (closing the upstream request,
+    so a generation nobody will read stops costing money) and return None."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not task.done() and not watcher.done():  # we were cancelled ourselves
+            task.cancel()
+        watcher.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return None
+
+
+async def _disconnected(request: Request) -> None:
+    # The body has been read, so the next ASGI message can only be the disconnect.
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def render(result: JsonResult | StreamResult) -> Response:

@@ -60,13 +60,17 @@ def serve(tmp_path: Path, policy: Path, *extra: str, env: dict[str, str] | None 
     """Start ``tollgate serve`` and wait until it answers /healthz."""
     port = free_port()
     environment = {
-        **os.environ,
-        "TOLLGATE_DATA_DIR": str(tmp_path / "data"),
-        "TOLLGATE_ADMIN_KEY": ADMIN_KEY,
-        **(env or {}),
+        name: value
+        for name, value in os.environ.items()
+        if name not in ("TOLLGATE_DATABASE_URL", "TOLLGATE_REDIS_URL")
     }
-    environment.pop("TOLLGATE_DATABASE_URL", None)
-    environment.pop("TOLLGATE_REDIS_URL", None)
+    environment.update(
+        {
+            "TOLLGATE_DATA_DIR": str(tmp_path / "data"),
+            "TOLLGATE_ADMIN_KEY": ADMIN_KEY,
+            **(env or {}),
+        }
+    )
     process = subprocess.Popen(
         [
             sys.executable,
@@ -224,14 +228,16 @@ def test_sigterm_lets_a_stream_finish(tmp_path: Path) -> None:
     assert any("Finished server process" in line for line in served.errors)
 
 
-async def test_client_disconnect_closes_the_upstream(tmp_path: Path) -> None:
+@pytest.mark.parametrize("stream", [True, False])
+async def test_client_disconnect_closes_the_upstream(tmp_path: Path, stream: bool) -> None:
     async with bad_upstream() as upstream:
         policy_dir = tmp_path / "policies"
         policy_dir.mkdir()
+        fault = "endless-stream" if stream else "slow"
         (policy_dir / "p.yaml").write_text(
             f"""
 providers:
-  endless: {{type: openai, base_urls: ["{upstream.url("endless-stream")}"]}}
+  endless: {{type: openai, base_urls: ["{upstream.url(fault)}"]}}
 models:
   forever: {{provider: endless, model: forever}}
 routes:
@@ -243,14 +249,55 @@ teams:
         served = await asyncio.to_thread(serve, tmp_path, policy_dir)
         try:
             client = openai.AsyncOpenAI(
-                base_url=served.base_url, api_key=served.demo_key(), max_retries=0
+                base_url=served.base_url, api_key=served.demo_key(), max_retries=0, timeout=0.5
             )
-            stream = await client.chat.completions.create(
-                model="chat", messages=[{"role": "user", "content": "go"}], stream=True
-            )
-            async for _ in stream:
-                break
-            await stream.close()
+            if stream:
+                chunks = await client.chat.completions.create(
+                    model="chat", messages=[{"role": "user", "content": "go"}], stream=True
+                )
+                async for _ in chunks:
+                    break
+                await chunks.close()
+            else:
+                # The client gives up waiting (its timeout closes the connection).
+                with pytest.raises(openai.APITimeoutError):
+                    await client.chat.completions.create(
+                        model="chat", messages=[{"role": "user", "content": "go"}]
+                    )
             await asyncio.wait_for(upstream.disconnected.wait(), timeout=5)
         finally:
             served.stop(signal.SIGKILL)
+
+
+def test_workers_need_redis(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "serve", "--workers", "2", "--port", str(free_port())],
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in os.environ.items() if k != "TOLLGATE_REDIS_URL"},
+        cwd=REPO,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "needs TOLLGATE_REDIS_URL" in result.stderr
+    assert result.stdout == ""
+
+
+def test_two_workers_with_redis(tmp_path: Path, redis_url: str, redis_prefix: str) -> None:
+    served = serve(
+        tmp_path,
+        REPO / "policies",
+        "--workers",
+        "2",
+        env={"TOLLGATE_REDIS_URL": redis_url, "TOLLGATE_REDIS_PREFIX": redis_prefix},
+    )
+    try:
+        client = openai.OpenAI(base_url=served.base_url, api_key=served.demo_key(), max_retries=0)
+        for _ in range(20):
+            assert client.chat.completions.create(
+                model="chat", messages=[{"role": "user", "content": "hi"}], max_tokens=1
+            ).choices
+        ready = httpx.get(f"http://127.0.0.1:{served.port}/readyz").json()
+        assert ready["checks"]["state"]["backend"] == "redis"
+    finally:
+        served.stop(signal.SIGTERM)

@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import base64
 import math
-import select
 import struct
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,6 +14,7 @@ import openai
 import pytest
 
 from gateway import tokens
+from tests.support.sim_process import sim_process
 
 MODEL = "gpt-4o-mini"
 MESSAGES: list[Any] = [
@@ -27,35 +24,10 @@ MESSAGES: list[Any] = [
 
 
 @pytest.fixture(scope="module")
-def sim_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def sim_url() -> Iterator[str]:
     """The base URL (``.../v1``) of a ``tollgate sim`` process on a free port."""
-    log = tmp_path_factory.mktemp("sim") / "stderr.log"
-    with log.open("wb") as stderr:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "sim", "--port", "0", "--model-name", "sim-test"],
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-        )
-    try:
-        yield _wait_for_listening(proc, log)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def _wait_for_listening(proc: subprocess.Popen[bytes], log: Path) -> str:
-    assert proc.stdout is not None
-    ready, _, _ = select.select([proc.stdout], [], [], 30)
-    line = proc.stdout.readline().decode() if ready else ""
-    prefix = "tollgate sim listening on "
-    if not line.startswith(prefix):
-        proc.kill()
-        pytest.fail(f"tollgate sim did not start: {line!r}\n{log.read_text()}")
-    return line.removeprefix(prefix).strip()
+    with sim_process("--model-name", "sim-test") as url:
+        yield url
 
 
 @pytest.fixture

@@ -62,7 +62,11 @@ class BadUpstream:
                 status=400, body=orjson.dumps(body), content_type="application/json"
             )
         if fault == "slow":
-            await asyncio.sleep(30)
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                self.disconnected.set()
+                raise
             return web.Response(body=b"{}", content_type="application/json")
         if fault in ("cut-stream", "endless-stream"):
             response = web.StreamResponse(headers={"content-type": "text/event-stream"})
