@@ -18,6 +18,7 @@ from gateway.errors import PolicyError
 from gateway.policy.explain import did_you_mean, explain
 from gateway.policy.schema import Policy, PolicyDocument
 from gateway.policy.yaml_nodes import YamlFile, YamlPath, read_yaml, render_path
+from gateway.pricing import format_problems, policy_problems
 
 SUFFIXES = (".yaml", ".yml")
 
@@ -46,6 +47,9 @@ def load_policy(directory: Path, env: Mapping[str, str] | None = None) -> Policy
     # A file that could not be read leaves its names undefined: cross-checks would only add noise.
     if document is not None and not any(file.broken for file in parsed):
         problems += _cross_check(document, where)
+        if not problems:
+            # Every deployment must have a price (or say `pricing: free`) so budgets are exact.
+            problems += format_problems(policy_problems(document), where)
     if problems or document is None:
         raise PolicyError(problems)
     return Policy(document, sources=tuple(str(file) for file in files))

@@ -31,7 +31,10 @@ def _policy(sim_url: str) -> str:
         1,
     )
     return text.replace(
-        "models:\n", "models:\n  via-litellm:\n    provider: lite\n    model: openai/sim-chat\n", 1
+        "models:\n",
+        "models:\n  via-litellm:\n    provider: lite\n    model: openai/sim-chat\n"
+        "    pricing: free\n",
+        1,
     )
 
 

@@ -239,7 +239,7 @@ async def test_client_disconnect_closes_the_upstream(tmp_path: Path, stream: boo
 providers:
   endless: {{type: openai, base_urls: ["{upstream.url(fault)}"]}}
 models:
-  forever: {{provider: endless, model: forever}}
+  forever: {{provider: endless, model: forever, pricing: free}}
 routes:
   chat: {{candidates: [forever]}}
 teams:

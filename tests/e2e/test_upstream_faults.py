@@ -28,7 +28,9 @@ def _policy(url: str, candidates: str = "[broken]", timeout_s: float = 5.0) -> s
         1,
     )
     text = text.replace(
-        "models:\n", "models:\n  broken:\n    provider: bad\n    model: bad-model\n", 1
+        "models:\n",
+        "models:\n  broken:\n    provider: bad\n    model: bad-model\n    pricing: free\n",
+        1,
     )
     return text.replace(
         f"    candidates: {candidates}\n",

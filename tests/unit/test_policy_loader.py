@@ -187,7 +187,7 @@ def test_interpolation_defaults_escapes_and_several_per_string(write: Write) -> 
               X-Number: ${NUMBER}
           sim: {type: sim, ttft_ms: "${TTFT:-25}"}
         models:
-          m: {provider: up, model: x}
+          m: {provider: up, model: x, pricing: free}
         routes:
           chat: {candidates: [m]}
         """,
