@@ -1,0 +1,284 @@
+"""The prompt cache as the pipeline sees it: plan, look up, store (or abandon), replay.
+
+One :class:`PromptCache` per process (built by the app's lifespan), one :class:`CachePlan` per
+request::
+
+    plan = cache.plan(document, route, endpoint, body, headers, team)   # pure; None: no caching
+    hit = await cache.lookup(plan)       # one store round trip (in-process followers: none)
+    if hit: serve cache.replay_json(hit) / cache.replay_stream(hit, ...)
+    else:   call upstream; then await cache.store(plan, entry_bytes_or_None) before answering,
+            or cache.abandon(plan) when it failed
+
+Single flight: a miss that will store leads the flight for its key and its identical
+contemporaries follow it (they get its entry without a store round trip). With Redis, the leader
+also takes a lock beside the entry in the same Lua call as the read, so leaders on other replicas
+poll the entry instead of calling upstream; if the lock holder fails or vanishes, a poller takes
+the lock over and calls upstream itself. The lock lives at most the route's ``timeout_s`` (the
+same bound as an in-process wait): a replica that dies holding it delays that key elsewhere by no
+more than that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+
+from gateway.cache import entry as entries
+from gateway.cache.assemble import StreamAssembler
+from gateway.cache.entry import CacheEntry
+from gateway.cache.flight import SingleFlight, Ticket
+from gateway.cache.keys import cache_key, lock_key, request_hash
+from gateway.cache.policy import (
+    BYPASS,
+    HIT,
+    MISS,
+    CacheDecision,
+    CacheSettings,
+    DocumentLike,
+    RouteCacheTable,
+    decide,
+)
+from gateway.cache.replay import replay_json, replay_stream
+from gateway.cache.store import CacheStore, MemoryCacheStore, RedisCacheStore
+
+POLL_S = 0.02  # how often a replica waiting on another replica's leader looks for the entry
+
+
+class CachePlan:
+    """One request's use of the cache; ``status`` is the ``x-tollgate-cache`` header value."""
+
+    __slots__ = ("decision", "hit", "key", "kind", "lock_token", "settings", "status", "ticket")
+
+    def __init__(
+        self, settings: CacheSettings, decision: CacheDecision, key: str, kind: int
+    ) -> None:
+        self.settings = settings
+        self.decision = decision
+        self.key = key
+        self.kind = kind
+        self.status = MISS if decision.read else BYPASS
+        self.hit: CacheEntry | None = None
+        self.ticket: Ticket | None = None
+        self.lock_token: str | None = None
+
+    @property
+    def writes(self) -> bool:
+        """Whether an answer to this request is to be stored (build an entry only then)."""
+        return self.decision.write and self.hit is None
+
+
+class PromptCache:
+    """The cache: a store, single flight, and each policy's per-route settings."""
+
+    def __init__(self, store: CacheStore, prefix: str, *, poll_s: float = POLL_S) -> None:
+        self.backend = store
+        self.prefix = prefix
+        self.poll_s = poll_s
+        self.flight = SingleFlight()
+        self._locks = store if isinstance(store, RedisCacheStore) else None
+        self._table: RouteCacheTable | None = None
+        self._background: set[asyncio.Task[None]] = set()
+
+    @classmethod
+    def build(
+        cls, redis: aioredis.Redis | None, prefix: str, *, memory_max_bytes: int = 64 << 20
+    ) -> PromptCache:
+        """Redis when the state store has a client, else an in-process LRU."""
+        store: CacheStore = (
+            RedisCacheStore(redis) if redis is not None else MemoryCacheStore(memory_max_bytes)
+        )
+        return cls(store, prefix)
+
+    def settings(self, document: DocumentLike, route: str) -> CacheSettings | None:
+        """The route's effective settings under ``document`` (resolved once per policy)."""
+        table = self._table
+        if table is None or table.document is not document:
+            table = self._table = RouteCacheTable(document)
+        return table.get(route)
+
+    def plan(
+        self,
+        document: DocumentLike,
+        route: str,
+        endpoint: str,
+        body: Mapping[str, Any],
+        headers: Mapping[str, str],
+        team: str,
+    ) -> CachePlan | None:
+        """This request's plan; None when its route does not cache (send no cache header).
+
+        Pure apart from the per-policy memo. Raises ``InvalidRequest`` for a bad
+        ``x-tollgate-cache-ttl``.
+        """
+        settings = self.settings(document, route)
+        if settings is None:
+            return None
+        decision = decide(settings, endpoint, headers, body)
+        key = ""
+        if decision.read or decision.write:
+            digest = request_hash(route, str(endpoint), body)
+            key = cache_key(self.prefix, settings.scope, team, digest)
+        return CachePlan(settings, decision, key, entries.kind_of(endpoint))
+
+    async def lookup(self, plan: CachePlan) -> CacheEntry | None:
+        """The cached answer, or None: then call upstream and :meth:`store` or :meth:`abandon`.
+
+        Waits (at most the route's ``timeout_s``) for an identical request already in flight.
+        Never raises for the store's sake.
+        """
+        if not plan.decision.read:
+            return None
+        if not plan.decision.write:
+            raw = await self.backend.get(plan.key)
+            if raw is None and (follower := self.flight.follow(plan.key)) is not None:
+                raw = await follower.wait(plan.settings.wait_s)
+            return self._found(plan, raw)
+        ticket = self.flight.join(plan.key)
+        if not ticket.leader:
+            return self._found(plan, await ticket.wait(plan.settings.wait_s))
+        plan.ticket = ticket  # ours to end: here on a hit, else by store() or abandon()
+        try:
+            raw = await self._read_as_leader(plan)
+        except BaseException:
+            self.abandon(plan)
+            raise
+        found = self._found(plan, raw)
+        if found is not None:
+            ticket.finish(raw)
+            plan.ticket = None
+        return found
+
+    async def _read_as_leader(self, plan: CachePlan) -> bytes | None:
+        locks = self._locks
+        if locks is None:
+            return await self.backend.get(plan.key)
+        token = secrets.token_hex(8)
+        lock = lock_key(plan.key)
+        lock_s = plan.settings.wait_s
+        deadline = time.monotonic() + plan.settings.wait_s
+        raw, held = await locks.claim(plan.key, lock, token, lock_s)
+        # Another replica is calling upstream for this key: wait for its entry, or for its
+        # lock to go (it failed), in which case the claim makes us the one to call upstream.
+        while raw is None and not held and time.monotonic() < deadline:
+            await asyncio.sleep(self.poll_s)
+            raw, held = await locks.claim(plan.key, lock, token, lock_s)
+        # (None, True) also stands for "Redis is down": there is no lock to release then.
+        if held and locks.available:
+            plan.lock_token = token
+        return raw
+
+    def _found(self, plan: CachePlan, raw: bytes | None) -> CacheEntry | None:
+        found = None if raw is None else entries.decode(raw)
+        if found is not None:
+            plan.hit = found
+            plan.status = HIT
+        return found
+
+    async def store(self, plan: CachePlan, entry: bytes | None) -> None:
+        """Keep ``entry`` (from :meth:`entry_from_json` / :meth:`entry_from_stream`; None when
+        there is nothing to keep) and end the flight. Call before the response completes."""
+        keep = entry
+        if keep is not None and (not plan.writes or len(keep) > plan.settings.max_entry_bytes):
+            keep = None
+        # Followers first: they take the bytes from memory, not from the store.
+        if plan.ticket is not None:
+            plan.ticket.finish(keep)
+            plan.ticket = None
+        token, plan.lock_token = plan.lock_token, None
+        if token is not None and self._locks is not None:
+            await self._locks.release(
+                plan.key, lock_key(plan.key), token, keep, plan.decision.ttl_s
+            )
+        elif keep is not None:
+            await self.backend.put(plan.key, keep, plan.decision.ttl_s)
+
+    def abandon(self, plan: CachePlan) -> None:
+        """No answer to keep (upstream failed, client left): release the followers now.
+
+        Synchronous so it can run in ``finally`` blocks; a Redis lock is released in the
+        background (it would expire on its own anyway).
+        """
+        if plan.ticket is not None:
+            plan.ticket.finish(None)
+            plan.ticket = None
+        token, plan.lock_token = plan.lock_token, None
+        if token is not None and self._locks is not None:
+            task = asyncio.get_running_loop().create_task(
+                self._locks.release(plan.key, lock_key(plan.key), token)
+            )
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    # --- building entries and serving hits ---------------------------------------------------
+
+    @staticmethod
+    def entry_from_json(
+        plan: CachePlan,
+        body: bytes,
+        *,
+        deployment: str,
+        cost_usd: float,
+        usage: tuple[int, int, int] | None = None,
+    ) -> bytes | None:
+        """The entry for a 2xx JSON answer (None: not complete, or not to be written)."""
+        if not plan.writes:
+            return None
+        try:
+            answer = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return None
+        if not isinstance(answer, dict):
+            return None
+        return entries.from_answer(
+            answer, plan.kind, deployment=deployment, cost_usd=cost_usd, usage=usage
+        )
+
+    @staticmethod
+    def assembler(plan: CachePlan) -> StreamAssembler | None:
+        """A stream assembler for a streamed miss to be stored; None when nothing is stored."""
+        if not plan.writes:
+            return None
+        return StreamAssembler(plan.kind, plan.settings.max_entry_bytes)
+
+    @staticmethod
+    def entry_from_stream(
+        plan: CachePlan,
+        assembler: StreamAssembler,
+        *,
+        deployment: str,
+        cost_usd: float,
+        usage: tuple[int, int, int] | None = None,
+    ) -> bytes | None:
+        """The entry for a stream that completed normally; None for a cut or failed one."""
+        answer = assembler.answer()
+        if answer is None:
+            return None
+        return entries.from_answer(
+            answer, plan.kind, deployment=deployment, cost_usd=cost_usd, usage=usage
+        )
+
+    @staticmethod
+    def replay_json(hit: CacheEntry) -> bytes:
+        """The hit as the JSON body to send (new ``id`` and ``created``)."""
+        return replay_json(hit)
+
+    @staticmethod
+    def replay_stream(hit: CacheEntry, *, include_usage: bool) -> bytes:
+        """The hit as the complete SSE body to send, ``data: [DONE]`` included."""
+        return replay_stream(hit, include_usage=include_usage)
+
+    @staticmethod
+    async def stream_events(hit: CacheEntry, *, include_usage: bool) -> AsyncIterator[bytes]:
+        """The hit's SSE body as a one-item async iterator (what ``StreamResult`` takes)."""
+        yield replay_stream(hit, include_usage=include_usage)
+
+    async def aclose(self) -> None:
+        """Let background lock releases finish (at shutdown)."""
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
