@@ -17,12 +17,13 @@ from logging.config import fileConfig
 from alembic import context
 from sqlalchemy.engine import Connection
 
+import gateway.ledger.models  # noqa: F401  (declares usage_ledger and usage_daily on Base)
 from gateway.db.engine import create_engine
 from gateway.db.models import Base
 from gateway.settings import Settings
 
-# Every module declaring tables on Base must be imported above (gateway.ledger.models too, once
-# it exists) so autogenerate sees the whole schema.
+# Every module declaring tables on Base must be imported above so autogenerate sees the whole
+# schema.
 target_metadata = Base.metadata
 config = context.config
 

@@ -77,7 +77,7 @@ async def test_upgrade_from_empty_creates_api_keys(empty_db: str) -> None:
 
     await upgrade(empty_db)
 
-    assert await current_revision(empty_db) == head_revision() == "0001"
+    assert await current_revision(empty_db) == head_revision()
     schema = await _inspect(empty_db)
     assert {"api_keys", "alembic_version"} <= schema["tables"]
     assert "teams" not in schema["tables"]  # teams live in the policy, not the database
@@ -102,11 +102,15 @@ async def test_downgrade_one_step_then_upgrade_again(empty_db: str) -> None:
     await upgrade(empty_db)
 
     await downgrade(empty_db, "-1")
+    assert await current_revision(empty_db) == "0001"
+    tables = (await _inspect(empty_db))["tables"]
+    assert "api_keys" in tables and "usage_ledger" not in tables
+    await downgrade(empty_db, "base")
     assert await current_revision(empty_db) is None
     assert "api_keys" not in (await _inspect(empty_db))["tables"]
 
     await upgrade(empty_db)
-    assert await current_revision(empty_db) == "0001"
+    assert await current_revision(empty_db) == head_revision()
     assert (await _inspect(empty_db))["columns"] == API_KEY_COLUMNS
 
 
@@ -137,13 +141,13 @@ async def test_upgrade_twice_is_a_no_op(empty_db: str) -> None:
 async def test_upgrade_if_new_only_touches_new_databases(empty_db: str) -> None:
     assert await upgrade_if_new(empty_db) is True
     assert await upgrade_if_new(empty_db) is False
-    assert await current_revision(empty_db) == "0001"
+    assert await current_revision(empty_db) == head_revision()
 
 
 async def test_replicas_migrating_together_do_not_race(fresh_postgres_url: str) -> None:
     # Without the advisory lock, all but one would fail on CREATE TABLE api_keys.
     await asyncio.gather(*(upgrade(fresh_postgres_url) for _ in range(4)))
-    assert await current_revision(fresh_postgres_url) == "0001"
+    assert await current_revision(fresh_postgres_url) == head_revision()
 
 
 def test_missing_migrations_directory_is_a_clear_error(tmp_path: Path, sqlite_url: str) -> None:
@@ -184,4 +188,4 @@ def test_plain_alembic_command_line(sqlite_url: str) -> None:
             check=True,
             capture_output=True,
         )
-    assert asyncio.run(current_revision(sqlite_url)) == "0001"
+    assert asyncio.run(current_revision(sqlite_url)) == head_revision()
