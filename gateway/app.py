@@ -10,7 +10,7 @@ import asyncio
 import logging
 import signal
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -21,16 +21,22 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 
 from gateway.api import admin, health, openai
+from gateway.api import metrics as metrics_api
 from gateway.api.context import RequestContext
 from gateway.auth.resolver import KeyResolver
 from gateway.auth.store import KeyStore
+from gateway.budget import Limiter, MemoryLimiter, RedisLimiter
+from gateway.cache import PromptCache
 from gateway.db.engine import AsyncEngine, create_engine, ping, session_factory
 from gateway.db.migrate import upgrade
 from gateway.errors import GatewayError, InvalidRequest, NotFound
+from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline
+from gateway.pipeline.background import Background
 from gateway.policy.loader import load_policy
 from gateway.policy.schema import Policy
 from gateway.policy.store import PolicyStore
+from gateway.pricing import PriceTables
 from gateway.providers.base import Upstream
 from gateway.providers.registry import Upstreams
 from gateway.record import RequestRecord
@@ -52,7 +58,20 @@ class Services:
     key_store: KeyStore
     keys: KeyResolver
     state: StateStore
+    prices: PriceTables
+    limiter: Limiter
+    cache: PromptCache
+    background: Background
+    metrics: Metrics
     pipeline: Pipeline
+
+    def finish(self, record: RequestRecord) -> None:
+        """Account for a finished request, once: before its response completes."""
+        if record.finished:
+            return
+        record.finished = True
+        if record.path.startswith("/v1/"):
+            self.metrics.observe(record)
 
     def reload_policy(self) -> Policy:
         """Load the policy again; on success new requests use it (in-flight ones keep theirs)."""
@@ -80,12 +99,20 @@ class Services:
         except Exception as exc:  # any failure to answer means not ready; say which kind
             checks["database"] = {"ok": False, "error": type(exc).__name__}
         checks["state"] = await self.state.check()
+        checks["budget"] = self.limiter.status()
         return checks
 
 
 async def build_services(settings: Settings) -> Services:
     """Open every connection and build the request pipeline."""
     policies = PolicyStore(settings.policy, load_policy(settings.policy))
+    prices = PriceTables()
+    prices.get(policies.current)  # reads litellm's cost map now, not on a request
+
+    def reprice(_old: Policy, new: Policy) -> None:
+        prices.get(new)
+
+    policies.on_swap.append(reprice)
     database_url = settings.resolved_database_url()
     if settings.migrate:
         await upgrade(database_url)
@@ -94,14 +121,42 @@ async def build_services(settings: Settings) -> Services:
     upstreams = Upstreams(policies.current, grace_s=settings.shutdown_grace_s + 60)
     policies.on_swap.append(lambda _old, new: upstreams.update(new))
     state = StateStore(settings.redis_url, settings.redis_prefix)
+    limiter: Limiter = (
+        RedisLimiter(state.redis, settings.redis_prefix)
+        if state.redis is not None
+        else MemoryLimiter(settings.redis_prefix)
+    )
+    cache = PromptCache.build(
+        state.redis, settings.redis_prefix, memory_max_bytes=settings.cache_memory_bytes
+    )
+    background = Background()
+    metrics = Metrics()
+
+    def name_labels(_old: Policy | None, new: Policy) -> None:
+        document = new.document
+        metrics.bind_names(
+            routes=document.routes, deployments=document.models, teams=document.teams
+        )
+
+    name_labels(None, policies.current)
+    policies.on_swap.append(name_labels)
+    finish_hook: list[Callable[[RequestRecord], None]] = []
 
     def current_upstreams() -> Mapping[str, Upstream]:
         return upstreams.clients
 
     pipeline = Pipeline(
-        policy=lambda: policies.current, upstreams=current_upstreams, tokens=TokenCounter()
+        policy=lambda: policies.current,
+        upstreams=current_upstreams,
+        tokens=TokenCounter(),
+        prices=prices,
+        limiter=limiter,
+        cache=cache,
+        finish=lambda record: finish_hook[0](record),
+        background=background,
+        metrics=metrics,
     )
-    return Services(
+    services = Services(
         settings=settings,
         policies=policies,
         upstreams=upstreams,
@@ -109,12 +164,22 @@ async def build_services(settings: Settings) -> Services:
         key_store=key_store,
         keys=KeyResolver(key_store, ttl_s=settings.key_cache_ttl_s),
         state=state,
+        prices=prices,
+        limiter=limiter,
+        cache=cache,
+        background=background,
+        metrics=metrics,
         pipeline=pipeline,
     )
+    finish_hook.append(services.finish)
+    return services
 
 
 async def close_services(services: Services) -> None:
+    await services.background.drain()
+    await services.metrics.aclose()
     await services.upstreams.aclose()
+    await services.cache.aclose()
     await services.state.aclose()
     await services.engine.dispose()
 
@@ -126,6 +191,7 @@ def create_app(settings: Settings, *, handle_signals: bool = False) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services = await build_services(settings)
         app.state.services = services
+        await services.metrics.start()
         loop = asyncio.get_running_loop()
         if handle_signals:
             loop.add_signal_handler(signal.SIGHUP, _reload_on_signal, services)
@@ -145,12 +211,21 @@ def create_app(settings: Settings, *, handle_signals: bool = False) -> FastAPI:
     )
     app.include_router(health.router)
     app.include_router(admin.router)
+    app.include_router(metrics_api.router)
     app.include_router(openai.router)
     app.add_exception_handler(GatewayError, _gateway_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_middleware(RequestContext, log_requests=settings.access_log)
+    app.add_middleware(
+        RequestContext, log_requests=settings.access_log, finish=lambda r: _finish(app, r)
+    )
     return app
+
+
+def _finish(app: FastAPI, record: RequestRecord) -> None:
+    services: Services | None = getattr(app.state, "services", None)
+    if services is not None:
+        services.finish(record)
 
 
 def create_app_from_env() -> FastAPI:

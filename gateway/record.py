@@ -34,6 +34,9 @@ class RequestRecord:
     estimated_cost_usd: float = 0.0
     cache: str | None = None  # hit | miss | bypass, when the route caches
     slo_met: bool | None = None
+    # Time to first byte spent in the gateway itself: TTFT minus the time spent waiting on
+    # upstreams (for a cache hit, all of it).
+    overhead_ms: float | None = None
     attempts: int = 0
     stream: bool = False
     ttft_ms: float | None = None
@@ -42,6 +45,7 @@ class RequestRecord:
     # The client's x-tollgate-tags (feature=search,env=prod), for the ledger.
     tags: dict[str, str] = field(default_factory=dict)
     replica_name: str = ""  # this gateway process
+    finished: bool = False  # accounted for (ledger, metrics): exactly once
     extra: dict[str, Any] = field(default_factory=dict)
 
     def as_log(self) -> dict[str, Any]:

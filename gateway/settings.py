@@ -42,6 +42,8 @@ class Settings(BaseSettings):
     replica: str = ""
     log_level: str = "info"
     access_log: bool = True
+    # The in-process prompt cache's size (the embedded default; with Redis the cache is there).
+    cache_memory_bytes: int = 64 * 1024 * 1024
 
     def resolved_database_url(self) -> str:
         """The database URL, defaulting to a SQLite file under ``data_dir``."""

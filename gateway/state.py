@@ -21,18 +21,23 @@ log = logging.getLogger("tollgate.state")
 class StateStore:
     """The handle on shared state, and its health for /readyz."""
 
-    def __init__(self, redis_url: str | None, prefix: str) -> None:
+    def __init__(self, redis_url: str | None, prefix: str, max_connections: int = 64) -> None:
         self.prefix = prefix
-        self.redis: aioredis.Redis | None = (
-            aioredis.from_url(
+        self.redis: aioredis.Redis | None = None
+        if redis_url:
+            # A bounded pool that makes requests wait for a free connection: a burst of
+            # requests must not open hundreds of sockets at once (connection storms time out
+            # and look like an outage). The timeouts bound how long a dead Redis can stall a
+            # request before the team's on_redis_down applies.
+            pool = aioredis.BlockingConnectionPool.from_url(
                 redis_url,
-                socket_connect_timeout=1.0,
-                socket_timeout=1.0,
+                max_connections=max_connections,
+                timeout=2.0,
+                socket_connect_timeout=2.0,
+                socket_timeout=2.0,
                 health_check_interval=10,
             )
-            if redis_url
-            else None
-        )
+            self.redis = aioredis.Redis(connection_pool=pool)
 
     @property
     def backend(self) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -36,9 +37,18 @@ def _request_id(scope: Scope) -> str:
 class RequestContext:
     """Gives every HTTP request a :class:`RequestRecord` in ``scope["state"]["record"]``."""
 
-    def __init__(self, app: ASGIApp, *, log_requests: bool = True) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        log_requests: bool = True,
+        finish: Callable[[RequestRecord], None] | None = None,
+    ) -> None:
         self.app = app
         self.log_requests = log_requests
+        # Accounts for the request (ledger, metrics) before its last byte is sent, so a client
+        # that got its whole response is always accounted for, even if the process dies next.
+        self.finish = finish or (lambda record: None)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -49,10 +59,16 @@ class RequestContext:
         scope.setdefault("state", {})["record"] = record
         id_header = (b"x-request-id", request_id.encode())
 
+        finish = self.finish
+
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 record.http_status = message["status"]
                 message["headers"] = [*message.get("headers", ()), id_header]
+            elif not message.get("more_body", False):
+                if record.total_ms is None:
+                    record.total_ms = (time.perf_counter() - record.started) * 1000
+                finish(record)
             await send(message)
 
         try:
@@ -80,6 +96,7 @@ class RequestContext:
         finally:
             if record.total_ms is None:
                 record.total_ms = (time.perf_counter() - record.started) * 1000
+            finish(record)
             if self.log_requests and access_log.isEnabledFor(logging.INFO):
                 access_log.info("request", extra={"fields": _log_fields(record)})
 

@@ -29,7 +29,7 @@ async def _serve(endpoint: Endpoint, request: Request, caller: Principal) -> Res
     rec = record(request)
     body = validate.parse_body(await read_body(request, found.settings.max_body_bytes))
     validate.check(endpoint, body)
-    handling = found.pipeline.handle(endpoint, body, caller, rec)
+    handling = found.pipeline.handle(endpoint, body, caller, rec, request.headers)
     if body.get("stream"):
         # A stream notices a departed client on its own (the response task is cancelled).
         return render(await handling)

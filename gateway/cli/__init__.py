@@ -9,7 +9,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from gateway.cli import keys, migrate, policy, serve, sim, tco
+from gateway.cli import bench, budget, keys, migrate, policy, serve, sim, spend, tco
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17,7 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tollgate", description="Tollgate: a model-routing gateway for LLM inference."
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (serve, policy, keys, migrate, sim, tco):
+    for module in (serve, policy, keys, migrate, sim, tco, budget, spend, bench):
         module.register(commands)
     return parser
 

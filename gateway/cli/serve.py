@@ -114,9 +114,13 @@ def _serve(settings: Settings) -> None:
         if value is not None:
             os.environ[f"TOLLGATE_{name.upper()}"] = str(value)
     os.environ["TOLLGATE_MIGRATE"] = "false"
-    uvicorn.run(
-        "gateway.app:create_app_from_env",
-        factory=True,
-        workers=settings.workers,
-        **common,  # type: ignore[arg-type]
-    )
+    from gateway.metrics import workers_dir
+
+    # Workers write their metrics to files in one directory, so any worker's /metrics shows all.
+    with workers_dir():
+        uvicorn.run(
+            "gateway.app:create_app_from_env",
+            factory=True,
+            workers=settings.workers,
+            **common,  # type: ignore[arg-type]
+        )

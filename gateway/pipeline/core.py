@@ -1,13 +1,15 @@
-"""The request path, top to bottom. Orchestration only: each step lives in its own module.
+"""The request path, top to bottom. Orchestration only: each step lives in its own package.
 
 ::
 
-    check the body            validate.check            pure
-    resolve the route         policy                    pure, on the policy snapshot taken at start
-    count prompt tokens       tokens                    pure CPU; big prompts off the event loop
-    choose a deployment       candidates in order       (routing issue: cheapest within SLO)
-    call the upstream         providers.<kind>          streaming; failover to the next candidate
-    relay the answer          bytes as they came        the stream is never buffered
+    resolve the route          policy snapshot taken once      pure
+    token budgeting            budget.completion_limit         pure (may clamp max_tokens)
+    cache lookup               cache                           1 Redis round trip (hit: rpm only)
+    count prompt tokens        tokens                          CPU; big prompts off the loop
+    choose deployments         routing                         pure, over in-memory stats
+    reserve                    budget (Hold)                   1 Redis round trip (Lua)
+    call the upstream          providers.<kind>                failover re-enters extend/call
+    settle, cache, ledger      Hold / cache / finish           before the response completes
 
 The pipeline never imports the web framework: it returns a :class:`JsonResult` or a
 :class:`StreamResult` and the API layer renders it.
@@ -15,42 +17,43 @@ The pipeline never imports the web framework: it returns a :class:`JsonResult` o
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
 
 from gateway.auth.resolver import Principal
+from gateway.budget import (
+    NO_COMPLETION,
+    Charge,
+    Completion,
+    Limiter,
+    PlanCache,
+    completion_limit,
+)
+from gateway.cache import CachePlan, PromptCache
 from gateway.errors import (
     GatewayError,
     NotFound,
     PermissionDenied,
+    QuotaExceeded,
     UpstreamError,
-    UpstreamProtocolError,
 )
+from gateway.metrics import Metrics
+from gateway.pipeline.accounting import Hold, OutageLog
+from gateway.pipeline.background import Background
+from gateway.pipeline.options import parse_options
+from gateway.pipeline.relay import StreamRelay
+from gateway.pipeline.results import JsonResult, StreamResult
 from gateway.policy.schema import Deployment, Policy, Route
+from gateway.pricing import Price, PriceTables
 from gateway.providers.base import Endpoint, Upstream, UpstreamReply, UpstreamRequest, Usage
-from gateway.providers.sse import is_done
 from gateway.record import RequestRecord
 from gateway.tokens import TokenCounter
 
-_USAGE_NULL = (b'"usage":null', b'"usage": null')
-
-
-@dataclass(frozen=True, slots=True)
-class JsonResult:
-    status: int
-    body: bytes
-    content_type: str
-    headers: dict[str, str]
-
-
-@dataclass(frozen=True, slots=True)
-class StreamResult:
-    events: AsyncIterator[bytes]
-    headers: dict[str, str]
+Finish = Callable[[RequestRecord], None]
 
 
 class Pipeline:
@@ -58,13 +61,28 @@ class Pipeline:
 
     def __init__(
         self,
+        *,
         policy: Callable[[], Policy],
         upstreams: Callable[[], Mapping[str, Upstream]],
         tokens: TokenCounter,
+        prices: PriceTables,
+        limiter: Limiter,
+        cache: PromptCache,
+        finish: Finish,
+        background: Background,
+        metrics: Metrics,
     ) -> None:
         self._policy = policy
         self._upstreams = upstreams
         self._tokens = tokens
+        self._prices = prices
+        self._limiter = limiter
+        self._plans = PlanCache()
+        self._cache = cache
+        self._finish = finish
+        self._background = background
+        self._metrics = metrics
+        self._outages = OutageLog()
 
     async def handle(
         self,
@@ -72,74 +90,261 @@ class Pipeline:
         body: dict[str, Any],
         principal: Principal,
         record: RequestRecord,
+        headers: Mapping[str, str],
     ) -> JsonResult | StreamResult:
         # One snapshot of each for the whole request: a reload mid-request changes nothing here.
         policy = self._policy()
         upstreams = self._upstreams()
         route_name: str = body["model"]
-        record.requested_model = route_name
-        route = policy.route(route_name)
-        if route is None:
-            raise NotFound(
-                f"The model '{route_name}' does not exist or you do not have access to it.",
-                param="model",
-                code="model_not_found",
-            )
-        if not policy.team_may_use(principal.team, route_name):
-            raise PermissionDenied(
-                f"Team '{principal.team}' may not use the model '{route_name}'.", param="model"
-            )
-        record.route = route_name
-        stream = bool(body.get("stream"))
-        record.stream = stream
+        route = self._route(policy, route_name, principal, record)
+        options = parse_options(headers)
+        record.tags = options.tags
+        stream = record.stream = bool(body.get("stream"))
         user = body.get("user")
         record.end_user = user if isinstance(user, str) else None
 
+        team = policy.team(principal.team)
+        if endpoint is Endpoint.EMBEDDINGS:
+            completion = NO_COMPLETION
+        else:
+            completion = completion_limit(body, team, policy.document.defaults)
+            completion.apply(body)
         client_wants_usage = _wants_usage(body)
-        if stream and endpoint is not Endpoint.EMBEDDINGS and not client_wants_usage:
+        if stream and not client_wants_usage:
             # Completion tokens are billed from the upstream's usage, so ask for it on every
             # stream; the extra usage-only chunk is removed before the client sees it.
-            options = body.get("stream_options")
-            body["stream_options"] = {**(options or {}), "include_usage": True}
+            body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
 
+        hold = Hold(self._limiter, self._plans.get(policy, principal.team), record, self._outages)
+        out_headers = {"x-tollgate-route": route_name}
+        cache_plan = self._cache.plan(
+            policy.document, route_name, endpoint.value, body, headers, principal.team
+        )
+        if cache_plan is not None:
+            record.cache = cache_plan.status
+            out_headers["x-tollgate-cache"] = cache_plan.status
+            hit = await self._cache.lookup(cache_plan)
+            if hit is not None:
+                return await self._serve_hit(
+                    cache_plan, hit, hold, record, out_headers, stream, client_wants_usage
+                )
+        try:
+            # On success the hold is settled (JSON) or owned by the stream relay.
+            return await self._call(
+                endpoint,
+                body,
+                route,
+                policy,
+                upstreams,
+                completion,
+                hold,
+                record,
+                out_headers,
+                cache_plan,
+                client_wants_usage,
+            )
+        except BaseException as exc:
+            if cache_plan is not None:
+                self._cache.abandon(cache_plan)
+            if isinstance(exc, asyncio.CancelledError):
+                # The client left: the release must outlive this cancelled task.
+                self._background.spawn(hold.release())
+            else:
+                await hold.release()
+            raise
+
+    def _route(
+        self, policy: Policy, name: str, principal: Principal, record: RequestRecord
+    ) -> Route:
+        record.requested_model = name
+        route = policy.route(name)
+        if route is None:
+            raise NotFound(
+                f"The model '{name}' does not exist or you do not have access to it.",
+                param="model",
+                code="model_not_found",
+            )
+        if not policy.team_may_use(principal.team, name):
+            raise PermissionDenied(
+                f"Team '{principal.team}' may not use the model '{name}'.", param="model"
+            )
+        record.route = name
+        return route
+
+    async def _serve_hit(
+        self,
+        plan: CachePlan,
+        hit: Any,
+        hold: Hold,
+        record: RequestRecord,
+        headers: dict[str, str],
+        stream: bool,
+        client_wants_usage: bool,
+    ) -> JsonResult | StreamResult:
+        """A cached answer: no reservation and no upstream tokens; rpm still applies."""
+        charge = (
+            Charge(hit.prompt_tokens + hit.completion_tokens, 0)
+            if plan.settings.count_hits
+            else None
+        )
+        headers.update(await hold.count_hit(charge))
+        record.status, record.cache = "cache_hit", "hit"
+        record.deployment = hit.deployment or None
+        record.prompt_tokens, record.completion_tokens = hit.prompt_tokens, hit.completion_tokens
+        record.cached_tokens = hit.cached_tokens
+        record.cost_usd, record.cost_saved_usd = 0.0, hit.cost_usd
+        headers["x-tollgate-cache"] = "hit"
+        headers["x-tollgate-cost-usd"] = "0"
+        record.ttft_ms = (time.perf_counter() - record.started) * 1000
+        record.overhead_ms = record.ttft_ms
+        if stream:
+            self._finish(record)
+            return StreamResult(
+                self._cache.stream_events(hit, include_usage=client_wants_usage), headers
+            )
+        return JsonResult(200, self._cache.replay_json(hit), "application/json", headers)
+
+    async def _call(
+        self,
+        endpoint: Endpoint,
+        body: dict[str, Any],
+        route: Route,
+        policy: Policy,
+        upstreams: Mapping[str, Upstream],
+        completion: Completion,
+        hold: Hold,
+        record: RequestRecord,
+        headers: dict[str, str],
+        cache_plan: CachePlan | None,
+        client_wants_usage: bool,
+    ) -> JsonResult | StreamResult:
+        prices = self._prices.get(policy)
+        attempts = _attempt_order(route)
+        first = policy.document.models[attempts[0]]
+        prompt_tokens = record.prompt_tokens = await self._count_prompt(endpoint, body, first)
         last_error: GatewayError | None = None
-        for deployment_name in _attempt_order(route):
+        upstream_s = 0.0  # time spent waiting on upstreams, to tell the gateway's own apart
+        for deployment_name in attempts:
             deployment = policy.document.models[deployment_name]
-            upstream = upstreams[deployment.provider]
+            price = prices[deployment_name]
+            estimate = Charge(
+                prompt_tokens + completion.max_tokens,
+                price.cost_nanos(prompt_tokens, completion.max_tokens),
+            )
+            if record.attempts == 0:
+                headers.update(await hold.reserve(estimate, route.timeout_s))
+            elif not await hold.extend(estimate, route.timeout_s):
+                continue  # the budget cannot cover this dearer candidate: skip it
+            record.estimated_cost_usd = estimate.usd
             record.attempts += 1
             record.deployment, record.provider = deployment_name, deployment.provider
-            if record.attempts == 1:
-                record.prompt_tokens = await self._count_prompt(endpoint, body, deployment)
             request = UpstreamRequest(
                 endpoint=endpoint,
                 body={**body, "model": deployment.model},
-                stream=stream,
+                stream=record.stream,
                 timeout_s=route.timeout_s,
                 request_id=record.request_id,
             )
+            upstream = upstreams[deployment.provider]
+            called = time.perf_counter()
             try:
-                if stream:
+                if record.stream:
                     opened = await upstream.open_stream(request)
                 else:
                     opened = await upstream.send(request)
             except UpstreamError as exc:
                 last_error = exc
                 record.error_type = exc.code
+                self._metrics.upstream_error(deployment_name, exc.code)
                 if not exc.retryable:
                     raise
                 continue
-            headers = {
-                "x-tollgate-route": route_name,
-                "x-tollgate-deployment": deployment_name,
-                "x-tollgate-attempts": str(record.attempts),
-            }
+            finally:
+                upstream_s += time.perf_counter() - called
+            headers["x-tollgate-deployment"] = deployment_name
+            headers["x-tollgate-attempts"] = str(record.attempts)
             if isinstance(opened, UpstreamReply):
-                return self._reply(opened, record, headers)
-            record.replica = opened.replica
-            record.error_type = None
-            return StreamResult(self._relay(opened, record, client_wants_usage), headers)
-        assert last_error is not None
+                result = await self._reply(opened, record, headers, hold, price, cache_plan)
+                record.overhead_ms = (record.ttft_ms or 0.0) - upstream_s * 1000
+                return result
+            record.replica, record.error_type = opened.replica, None
+            headers["x-tollgate-cost-usd"] = f"{estimate.usd:.9f}"
+            relay = StreamRelay(
+                opened,
+                record,
+                hold=hold,
+                price=price,
+                model=deployment.model,
+                client_wants_usage=client_wants_usage,
+                cache=self._cache,
+                cache_plan=cache_plan,
+                tokens=self._tokens,
+                finish=self._finish,
+                background=self._background,
+                metrics=self._metrics,
+                upstream_s=upstream_s,
+            )
+            return StreamResult(relay.__aiter__(), headers)
+        if last_error is None:
+            raise _budget_exhausted(record)
         raise last_error
+
+    async def _reply(
+        self,
+        reply: UpstreamReply,
+        record: RequestRecord,
+        headers: dict[str, str],
+        hold: Hold,
+        price: Price,
+        cache_plan: CachePlan | None,
+    ) -> JsonResult:
+        record.replica, record.error_type = reply.replica, None
+        record.ttft_ms = record.total_ms = (time.perf_counter() - record.started) * 1000
+        if reply.status >= 400:
+            # The upstream refused the request itself: nothing was generated.
+            record.status, record.error_type = "upstream_client_error", f"upstream_{reply.status}"
+            await hold.release()
+            if cache_plan is not None:
+                self._cache.abandon(cache_plan)
+            return JsonResult(reply.status, reply.body, reply.content_type, headers)
+        usage = reply.usage or self._usage_from_text(reply.body, record)
+        record.prompt_tokens = usage.prompt_tokens or record.prompt_tokens
+        record.completion_tokens, record.cached_tokens = (
+            usage.completion_tokens,
+            usage.cached_tokens,
+        )
+        prompt, completion, cached = (
+            record.prompt_tokens,
+            usage.completion_tokens,
+            usage.cached_tokens,
+        )
+        record.cost_usd = price.cost_usd(prompt, completion, cached)
+        await hold.settle(Charge(prompt + completion, price.cost_nanos(prompt, completion, cached)))
+        headers["x-tollgate-cost-usd"] = f"{record.cost_usd:.9f}"
+        if cache_plan is not None:
+            entry = PromptCache.entry_from_json(
+                cache_plan,
+                reply.body,
+                deployment=record.deployment or "",
+                cost_usd=record.cost_usd,
+                usage=(prompt, completion, cached),
+            )
+            await self._cache.store(cache_plan, entry)
+        return JsonResult(reply.status, reply.body, reply.content_type, headers)
+
+    def _usage_from_text(self, body: bytes, record: RequestRecord) -> Usage:
+        """An upstream that reports no usage: count the answer's text ourselves."""
+        try:
+            parsed: Any = orjson.loads(body)
+            texts = [
+                (choice.get("message") or {}).get("content") or choice.get("text") or ""
+                for choice in parsed.get("choices") or []
+            ]
+        except (orjson.JSONDecodeError, AttributeError, TypeError):
+            texts = []
+        model = record.deployment or ""
+        completion = sum(self._tokens.count_text(t, model) for t in texts if isinstance(t, str))
+        return Usage(record.prompt_tokens, completion, 0)
 
     async def _count_prompt(
         self, endpoint: Endpoint, body: dict[str, Any], deployment: Deployment
@@ -153,52 +358,12 @@ class Pipeline:
             return await self._tokens.count_prompt_async(body["prompt"], model)
         return await self._tokens.count_prompt_async(body["input"], model)
 
-    def _reply(
-        self, reply: UpstreamReply, record: RequestRecord, headers: dict[str, str]
-    ) -> JsonResult:
-        record.replica = reply.replica
-        record.ttft_ms = record.total_ms = (time.perf_counter() - record.started) * 1000
-        if reply.status >= 400:
-            record.status = "upstream_client_error"
-            record.error_type = f"upstream_{reply.status}"
-        else:
-            record.error_type = None
-        _apply_usage(record, reply.usage)
-        return JsonResult(reply.status, reply.body, reply.content_type, headers)
 
-    async def _relay(
-        self, stream: Any, record: RequestRecord, client_wants_usage: bool
-    ) -> AsyncIterator[bytes]:
-        """Forward events as they arrive; a stream cut short ends with an error event."""
-        finished = False
-        try:
-            async for event in stream:
-                if record.ttft_ms is None:
-                    record.ttft_ms = (time.perf_counter() - record.started) * 1000
-                if is_done(event):
-                    finished = True
-                    yield event
-                    break
-                if b'"usage"' in event and not any(n in event for n in _USAGE_NULL):
-                    usage_only = _read_usage(event, record)
-                    if usage_only and not client_wants_usage:
-                        continue
-                yield event
-            if not finished:
-                raise UpstreamProtocolError(
-                    f"upstream {record.provider} ({record.replica}) ended the stream early"
-                )
-        except UpstreamError as exc:
-            record.status, record.error_type = "upstream_error", exc.code
-            yield b"data: " + exc.body() + b"\n\n"
-        except BaseException:
-            # The client went away (the response task was cancelled): stop generation now.
-            if not finished:
-                record.status, record.error_type = "client_disconnect", "client_disconnect"
-            raise
-        finally:
-            await stream.aclose()
-            record.total_ms = (time.perf_counter() - record.started) * 1000
+def _budget_exhausted(record: RequestRecord) -> GatewayError:
+    return QuotaExceeded(
+        f"No candidate of route '{record.route}' fits in the remaining budget.",
+        code="insufficient_quota",
+    )
 
 
 def _attempt_order(route: Route) -> list[str]:
@@ -211,23 +376,3 @@ def _attempt_order(route: Route) -> list[str]:
 def _wants_usage(body: dict[str, Any]) -> bool:
     options = body.get("stream_options")
     return isinstance(options, dict) and bool(options.get("include_usage"))
-
-
-def _apply_usage(record: RequestRecord, usage: Usage | None) -> None:
-    if usage is None:
-        return
-    record.prompt_tokens = usage.prompt_tokens or record.prompt_tokens
-    record.completion_tokens = usage.completion_tokens
-    record.cached_tokens = usage.cached_tokens
-
-
-def _read_usage(event: bytes, record: RequestRecord) -> bool:
-    """Take the usage from a chunk; True when the chunk carries nothing but usage."""
-    try:
-        chunk = orjson.loads(event[event.index(b"{") :])
-    except (ValueError, orjson.JSONDecodeError):
-        return False
-    if not isinstance(chunk, dict):
-        return False
-    _apply_usage(record, Usage.from_openai(chunk.get("usage")))
-    return not chunk.get("choices")

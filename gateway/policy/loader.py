@@ -170,6 +170,10 @@ def _cross_check(document: PolicyDocument, where: _Where) -> list[str]:
                 first = f"candidates[{first_index[candidate]}]"
                 problems.append(f'{where(path)}: duplicate candidate "{candidate}" (also {first})')
             first_index.setdefault(candidate, index)
+        for weighted in route.weights:
+            if weighted not in first_index:
+                unknown = _unknown("candidate", weighted, route.candidates)
+                problems.append(f"{where(('routes', name, 'weights', weighted))}: {unknown}")
     owners: dict[str, YamlPath] = {}
     for name, team in document.teams.items():
         for index, route_name in enumerate(team.routes):

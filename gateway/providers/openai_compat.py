@@ -2,14 +2,14 @@
 
 One aiohttp session per provider with pooled keep-alive connections; bodies go out as bytes and
 answers come back as bytes (parsed only to read ``usage``); SSE is relayed event by event as it
-arrives. A provider may list several replicas (``base_urls``): each request goes to the replica
-with the fewest requests in flight, and a replica that refuses the connection is skipped for the
-next one before the provider gives up.
+arrives. A provider may list several replicas (``base_urls``): the
+:class:`gateway.providers.balancer.Balancer` picks one per request (fewest requests in flight,
+prefix affinity by ``affinity_key``, per-replica breakers, ``max_in_flight``), and a replica that
+refuses the connection is skipped for the next one before the provider gives up.
 """
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -23,6 +23,7 @@ from gateway.errors import (
     UpstreamTimeout,
 )
 from gateway.policy.schema import OpenAIProvider
+from gateway.providers.balancer import Balancer
 from gateway.providers.base import UpstreamReply, UpstreamRequest, Usage
 from gateway.providers.sse import split_events
 
@@ -30,22 +31,25 @@ _JSON = "application/json"
 
 
 class Replica:
-    """One base URL of a provider, with its count of requests in flight."""
+    """One base URL of a provider (its load and health are kept by the balancer)."""
 
-    __slots__ = ("base_url", "in_flight", "name")
+    __slots__ = ("base_url", "index", "name")
 
-    def __init__(self, base_url: str) -> None:
+    def __init__(self, base_url: str, index: int) -> None:
         self.base_url = base_url
+        self.index = index
         self.name = base_url.split("://", 1)[-1].split("/", 1)[0]
-        self.in_flight = 0
 
 
 class OpenAIStream:
     """An open upstream SSE response. Closing it closes the connection, stopping generation."""
 
-    def __init__(self, response: aiohttp.ClientResponse, replica: Replica) -> None:
+    def __init__(
+        self, response: aiohttp.ClientResponse, replica: Replica, balancer: Balancer
+    ) -> None:
         self._response = response
         self._replica = replica
+        self._balancer = balancer
         self.replica = replica.name
         self._closed = False
 
@@ -57,6 +61,7 @@ class OpenAIStream:
             async for event in split_events(self._response.content.iter_any()):
                 yield event
         except (TimeoutError, aiohttp.ClientError) as exc:
+            self._balancer.failure(self._replica.index)
             raise UpstreamProtocolError(
                 f"upstream stream from {self.replica} broke: {type(exc).__name__}"
             ) from None
@@ -67,7 +72,7 @@ class OpenAIStream:
         if self._closed:
             return
         self._closed = True
-        self._replica.in_flight -= 1
+        self._balancer.release(self._replica.index)
         # close(), not release(): a stream cut short must not return a half-read connection to
         # the pool, and closing the socket is what tells the upstream to stop generating.
         if self._response.content.at_eof():
@@ -82,8 +87,10 @@ class OpenAIUpstream:
     def __init__(self, name: str, spec: OpenAIProvider) -> None:
         self.name = name
         self.spec = spec
-        self._replicas = [Replica(url) for url in spec.base_urls]
-        self._rotation = itertools.cycle(range(len(self._replicas)))
+        self._replicas = [Replica(url, index) for index, url in enumerate(spec.base_urls)]
+        self.balancer = Balancer(
+            [replica.name for replica in self._replicas], max_in_flight=spec.max_in_flight
+        )
         self._headers = {"content-type": _JSON, **spec.headers}
         if spec.api_key and spec.api_key != "none":
             self._headers["authorization"] = f"Bearer {spec.api_key}"
@@ -106,14 +113,6 @@ class OpenAIUpstream:
             )
         return self._session
 
-    def _ordered_replicas(self) -> list[Replica]:
-        """Replicas by fewest in flight; ties broken by rotation so load spreads evenly."""
-        if len(self._replicas) == 1:
-            return self._replicas
-        start = next(self._rotation)
-        rotated = self._replicas[start:] + self._replicas[:start]
-        return sorted(rotated, key=lambda r: r.in_flight)
-
     async def _post(
         self, request: UpstreamRequest, *, stream: bool
     ) -> tuple[aiohttp.ClientResponse, Replica]:
@@ -129,51 +128,60 @@ class OpenAIUpstream:
             timeout = aiohttp.ClientTimeout(
                 total=request.timeout_s, sock_connect=self.spec.connect_timeout_s
             )
+        balancer = self.balancer
         last_error: UpstreamError | None = None
-        for replica in self._ordered_replicas():
+        tried: set[int] = set()
+        while (index := await balancer.acquire(request.affinity_key, tried)) is not None:
+            replica = self._replicas[index]
             url = f"{replica.base_url}/{request.endpoint.value}"
-            replica.in_flight += 1
             try:
                 response = await self._client().post(
                     url, data=payload, headers=headers, timeout=timeout
                 )
             except aiohttp.ClientConnectorError:
-                replica.in_flight -= 1
+                self._failed(index)
+                tried.add(index)
                 last_error = UpstreamConnectError(
                     f"could not connect to upstream {self.name} ({replica.name})"
                 )
                 continue
             except TimeoutError:
-                replica.in_flight -= 1
+                self._failed(index)
                 raise UpstreamTimeout(
                     f"upstream {self.name} ({replica.name}) timed out after {request.timeout_s:g}s"
                 ) from None
             except aiohttp.ClientError as exc:
-                replica.in_flight -= 1
+                self._failed(index)
                 raise UpstreamProtocolError(
                     f"upstream {self.name} ({replica.name}) failed: {type(exc).__name__}"
                 ) from None
             except BaseException:
-                replica.in_flight -= 1
+                balancer.release(index)
                 raise
             return response, replica
         assert last_error is not None
         raise last_error
+
+    def _failed(self, index: int) -> None:
+        self.balancer.release(index)
+        self.balancer.failure(index)
 
     async def send(self, request: UpstreamRequest) -> UpstreamReply:
         response, replica = await self._post(request, stream=False)
         try:
             body = await response.read()
         except TimeoutError:
+            self.balancer.failure(replica.index)
             raise UpstreamTimeout(
                 f"upstream {self.name} ({replica.name}) timed out after {request.timeout_s:g}s"
             ) from None
         except aiohttp.ClientError as exc:
+            self.balancer.failure(replica.index)
             raise UpstreamProtocolError(
                 f"upstream {self.name} ({replica.name}) failed mid-answer: {type(exc).__name__}"
             ) from None
         finally:
-            replica.in_flight -= 1
+            self.balancer.release(replica.index)
             response.release()
         return self._reply(response, body, replica)
 
@@ -181,17 +189,20 @@ class OpenAIUpstream:
         response, replica = await self._post(request, stream=True)
         content_type = response.headers.get("content-type", "")
         if response.status == 200 and content_type.startswith("text/event-stream"):
-            return OpenAIStream(response, replica)
+            self.balancer.success(replica.index)
+            return OpenAIStream(response, replica, self.balancer)
         try:
             body = await response.read()
         except (TimeoutError, aiohttp.ClientError) as exc:
+            self.balancer.failure(replica.index)
             raise UpstreamProtocolError(
                 f"upstream {self.name} ({replica.name}) failed: {type(exc).__name__}"
             ) from None
         finally:
-            replica.in_flight -= 1
+            self.balancer.release(replica.index)
             response.release()
         if response.status == 200:
+            self.balancer.failure(replica.index)
             raise UpstreamProtocolError(
                 f"upstream {self.name} ({replica.name}) answered a stream request with "
                 f"{content_type or 'no content type'} instead of text/event-stream"
@@ -205,6 +216,10 @@ class OpenAIUpstream:
         where = f"upstream {self.name} ({replica.name})"
         if status == 429 or status >= 500:
             retry_after = _retry_after(response.headers.get("retry-after"))
+            # A 429 cools the replica down for its Retry-After; a 5xx counts toward its breaker.
+            self.balancer.failure(
+                replica.index, retry_after_s=retry_after if status == 429 else None
+            )
             raise UpstreamError(
                 f"{where} returned {status}: {_error_message(body)}",
                 status=429 if status == 429 else 502,
@@ -217,10 +232,14 @@ class OpenAIUpstream:
             try:
                 parsed = orjson.loads(body)
             except orjson.JSONDecodeError:
+                self.balancer.failure(replica.index)
                 raise UpstreamProtocolError(f"{where} returned invalid JSON") from None
             if not isinstance(parsed, dict):
+                self.balancer.failure(replica.index)
                 raise UpstreamProtocolError(f"{where} returned JSON that is not an object")
             usage = Usage.from_openai(parsed.get("usage"))
+        # A client error (4xx) is the client's: the replica itself answered properly.
+        self.balancer.success(replica.index)
         return UpstreamReply(status, body, content_type, replica.name, usage)
 
     async def aclose(self) -> None:

@@ -15,10 +15,10 @@ from fastapi import FastAPI
 
 from gateway.app import Services, create_app
 from gateway.settings import Settings
+from tests.support.gateway_process import ADMIN_KEY
 
 SEARCH_KEY = "tg-search-static-key-0001"
 ADS_KEY = "tg-ads-static-key-00001"
-ADMIN_KEY = "admin-secret-for-tests"
 
 
 def key_hash(key: str) -> str:

@@ -1,0 +1,125 @@
+"""One request's budget hold: reserve, extend on failover, then settle or release, once.
+
+The budget store may be away (Redis down): the team's ``on_redis_down`` decides. ``fail_closed``
+refuses with 503; ``fail_open`` serves without a hold and charges the usage afterwards if the
+store is back by then. Either way the gateway answers within its own timeouts.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from gateway.budget import BudgetPlan, BudgetUnavailable, Charge, Limiter
+from gateway.record import RequestRecord
+
+log = logging.getLogger("tollgate.budget")
+_LOG_EVERY_S = 30.0
+
+
+class OutageLog:
+    """Logs a budget-store outage once per interval, not once per request."""
+
+    __slots__ = ("_last",)
+
+    def __init__(self) -> None:
+        self._last = 0.0
+
+    def note(self, error: BudgetUnavailable, mode: str) -> None:
+        now = time.monotonic()
+        if now - self._last >= _LOG_EVERY_S:
+            self._last = now
+            log.warning(
+                "budget store unreachable; applying on_redis_down",
+                extra={"fields": {"mode": mode, "error": error.message}},
+            )
+
+
+class Hold:
+    """The budget side of one request."""
+
+    __slots__ = ("_limiter", "_outages", "_plan", "_record", "held", "unenforced")
+
+    def __init__(
+        self, limiter: Limiter, plan: BudgetPlan, record: RequestRecord, outages: OutageLog
+    ) -> None:
+        self._limiter = limiter
+        self._plan = plan
+        self._record = record
+        self._outages = outages
+        self.held: Charge | None = None  # what is reserved right now
+        self.unenforced = False  # serving without a hold (fail_open while the store is away)
+
+    async def reserve(self, estimate: Charge, timeout_s: float) -> dict[str, str]:
+        """Hold ``estimate``; the rate-limit headers to send. Raises the 429 (or 503) to send."""
+        record = self._record
+        try:
+            admission = await self._limiter.reserve(
+                record.request_id, self._plan, record.key_id, estimate, timeout_s=timeout_s
+            )
+        except BudgetUnavailable as exc:
+            self._outage(exc)
+            return {}
+        if not admission.admitted:
+            raise admission.error()
+        self.held = estimate
+        return admission.headers()
+
+    async def count_hit(self, charge: Charge | None) -> dict[str, str]:
+        """A cache hit: rpm (and, with ``count_hits``, the tokens) without a hold."""
+        try:
+            admission = await self._limiter.count_hit(self._plan, self._record.key_id, charge)
+        except BudgetUnavailable as exc:
+            self._outage(exc)
+            return {}
+        if not admission.admitted:
+            raise admission.error()
+        return admission.headers()
+
+    async def extend(self, estimate: Charge, timeout_s: float) -> bool:
+        """Raise the hold for a dearer candidate; False when the budget cannot cover it."""
+        if self.held is None or self.unenforced:
+            return True
+        if estimate.tokens <= self.held.tokens and estimate.nano_usd <= self.held.nano_usd:
+            return True
+        try:
+            grown = await self._limiter.extend(
+                self._plan, self._record.request_id, estimate, timeout_s=timeout_s
+            )
+        except BudgetUnavailable as exc:
+            self._outage(exc)
+            return True
+        if grown:
+            self.held = estimate
+        return grown
+
+    async def settle(self, actual: Charge) -> None:
+        """Charge what was used and drop the hold (idempotent by request id in the store)."""
+        held, self.held = self.held, None
+        try:
+            if held is not None:
+                await self._limiter.settle(self._plan, self._record.request_id, actual)
+            elif self.unenforced and (actual.tokens or actual.nano_usd):
+                await self._limiter.charge(self._plan, self._record.key_id, actual)
+        except BudgetUnavailable as exc:
+            # The hold expires by itself; the ledger keeps the usage and `tollgate reconcile`
+            # shows the difference.
+            self._outages.note(exc, "settle-failed")
+
+    async def release(self) -> None:
+        """Nothing was generated: give the hold back."""
+        if self.held is None:
+            return
+        self.held = None
+        try:
+            await self._limiter.release(self._plan, self._record.request_id)
+        except BudgetUnavailable as exc:
+            self._outages.note(exc, "release-failed")
+
+    def _outage(self, error: BudgetUnavailable) -> None:
+        mode = self._plan.on_redis_down
+        self._outages.note(error, mode)
+        if mode == "fail_closed":
+            raise error
+        self.unenforced = True
+        self._record.extra["budget"] = "unenforced"

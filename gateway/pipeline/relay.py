@@ -1,0 +1,215 @@
+"""Relaying an upstream SSE stream: event by event, never buffered, accounted for at its end.
+
+Before the final ``[DONE]`` reaches the client the request is settled: the budget is charged
+what was generated, the answer is cached (when it completed normally) and the ledger row is
+written. A stream the upstream cuts off ends with an error event; a client that leaves is
+charged for what was generated, not for ``max_tokens``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any
+
+import orjson
+
+from gateway.budget import Charge
+from gateway.cache import CachePlan, PromptCache
+from gateway.errors import UpstreamError, UpstreamProtocolError
+from gateway.metrics import Metrics
+from gateway.pipeline.accounting import Hold
+from gateway.pipeline.background import Background
+from gateway.pricing import Price
+from gateway.providers.base import UpstreamStream, Usage
+from gateway.providers.sse import is_done
+from gateway.record import RequestRecord
+from gateway.tokens import TokenCounter
+
+_USAGE_NULL = (b'"usage":null', b'"usage": null')
+_CONTENT = (b'"content":"', b'"text":"', b'"content": "', b'"text": "')
+_EMPTY_CONTENT = (b'"content":""', b'"text":""', b'"content": ""', b'"text": ""')
+
+
+class StreamRelay:
+    """One stream from one upstream to one client."""
+
+    def __init__(
+        self,
+        stream: UpstreamStream,
+        record: RequestRecord,
+        *,
+        hold: Hold,
+        price: Price,
+        model: str,
+        client_wants_usage: bool,
+        cache: PromptCache,
+        cache_plan: CachePlan | None,
+        tokens: TokenCounter,
+        finish: Callable[[RequestRecord], None],
+        background: Background,
+        metrics: Metrics,
+        upstream_s: float,
+    ) -> None:
+        self._stream = stream
+        self._record = record
+        self._hold = hold
+        self._price = price
+        self._model = model
+        self._client_wants_usage = client_wants_usage
+        self._cache = cache
+        self._cache_plan = cache_plan
+        self._assembler = cache.assembler(cache_plan) if cache_plan is not None else None
+        self._tokens = tokens
+        self._finish = finish
+        self._background = background
+        self._metrics = metrics
+        self._upstream_s = upstream_s  # waiting on upstreams before this stream opened
+        self._opened = time.perf_counter()
+        self._usage: Usage | None = None
+        self._content_chunks = 0
+        # Set when the upstream shows it will not report usage: then the text is counted.
+        self._texts: list[str] | None = None
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._events()
+
+    async def _events(self) -> AsyncIterator[bytes]:
+        record = self._record
+        finished = False
+        try:
+            async for event in self._stream:
+                if record.ttft_ms is None:
+                    now = time.perf_counter()
+                    record.ttft_ms = (now - record.started) * 1000
+                    waited_s = self._upstream_s + now - self._opened
+                    record.overhead_ms = record.ttft_ms - waited_s * 1000
+                    if b'"usage"' not in event:
+                        self._texts = []
+                if self._assembler is not None:
+                    self._assembler.feed(event)
+                if is_done(event):
+                    finished = True
+                    await self._complete()
+                    yield event
+                    return
+                if b'"usage"' in event and not any(n in event for n in _USAGE_NULL):
+                    event = self._take_usage(event)
+                    if not event:
+                        continue
+                self._count(event)
+                yield event
+            raise UpstreamProtocolError(
+                f"upstream {record.provider} ({record.replica}) ended the stream early"
+            )
+        except UpstreamError as exc:
+            record.status, record.error_type = "upstream_error", exc.code
+            record.http_status = exc.status
+            self._metrics.upstream_error(record.deployment, exc.code)
+            await self._charge_generated()
+            yield b"data: " + exc.body() + b"\n\n"
+        except BaseException:
+            # The client went away (the response task was cancelled): stop generation now, and
+            # settle in a task of its own, since every await here would be cancelled too.
+            if not finished:
+                record.status, record.error_type = "client_disconnect", "client_disconnect"
+                self._background.spawn(self._charge_generated())
+            raise
+        finally:
+            await self._stream.aclose()
+            if self._cache_plan is not None:
+                self._cache.abandon(self._cache_plan)
+            if record.total_ms is None:
+                record.total_ms = (time.perf_counter() - record.started) * 1000
+            self._finish(record)
+
+    def _take_usage(self, event: bytes) -> bytes:
+        """Read the usage chunk; drop it if the client did not ask, else add the real cost."""
+        try:
+            chunk: Any = orjson.loads(event[event.index(b"{") :])
+        except (ValueError, orjson.JSONDecodeError):
+            return event
+        if not isinstance(chunk, dict):
+            return event
+        usage = Usage.from_openai(chunk.get("usage"))
+        if usage is not None:
+            self._usage = usage
+        if not chunk.get("choices"):
+            if not self._client_wants_usage:
+                return b""
+            if usage is not None:
+                chunk["usage"]["cost_usd"] = self._price.cost_usd(
+                    usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens
+                )
+                return b"data: " + orjson.dumps(chunk) + b"\n\n"
+        return event
+
+    def _count(self, event: bytes) -> None:
+        """Track what was generated, for a stream that ends without usage."""
+        if any(marker in event for marker in _CONTENT) and not any(
+            empty in event for empty in _EMPTY_CONTENT
+        ):
+            self._content_chunks += 1
+            if self._texts is not None:
+                self._texts.append(_text_of(event))
+
+    def _completion_tokens(self) -> int:
+        if self._usage is not None:
+            return self._usage.completion_tokens
+        if self._texts is not None:
+            return self._tokens.count_text("".join(self._texts), self._model)
+        # OpenAI and vLLM stream one token per chunk: the count of chunks is what was generated.
+        return self._content_chunks
+
+    def _actual(self) -> Charge:
+        record = self._record
+        usage = self._usage
+        prompt = usage.prompt_tokens if usage is not None else record.prompt_tokens
+        cached = usage.cached_tokens if usage is not None else 0
+        completion = self._completion_tokens()
+        record.prompt_tokens, record.completion_tokens = prompt, completion
+        record.cached_tokens = cached
+        nanos = self._price.cost_nanos(prompt, completion, cached)
+        record.cost_usd = self._price.cost_usd(prompt, completion, cached)
+        return Charge(prompt + completion, nanos)
+
+    async def _complete(self) -> None:
+        actual = self._actual()
+        await self._hold.settle(actual)
+        if self._cache_plan is not None and self._assembler is not None:
+            entry = PromptCache.entry_from_stream(
+                self._cache_plan,
+                self._assembler,
+                deployment=self._record.deployment or "",
+                cost_usd=self._record.cost_usd,
+                usage=(
+                    self._record.prompt_tokens,
+                    self._record.completion_tokens,
+                    self._record.cached_tokens,
+                ),
+            )
+            await self._cache.store(self._cache_plan, entry)
+        self._record.total_ms = (time.perf_counter() - self._record.started) * 1000
+
+    def _charge_generated(self) -> Coroutine[Any, Any, None]:
+        """A stream that ended badly pays for what it generated; nothing generated, nothing.
+
+        The record is final as soon as this returns (the ledger row is written from it); the
+        returned coroutine only talks to the budget store.
+        """
+        actual = self._actual()
+        if self._record.completion_tokens == 0 and self._usage is None:
+            self._record.cost_usd = 0.0
+            return self._hold.release()
+        return self._hold.settle(actual)
+
+
+def _text_of(event: bytes) -> str:
+    try:
+        chunk: Any = orjson.loads(event[event.index(b"{") :])
+        choice = chunk["choices"][0]
+        delta = choice.get("delta")
+        text = delta.get("content") if isinstance(delta, dict) else choice.get("text")
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError, orjson.JSONDecodeError):
+        return ""
+    return text if isinstance(text, str) else ""

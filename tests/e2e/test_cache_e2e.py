@@ -1,0 +1,174 @@
+"""The prompt cache through the gateway: real Redis, a `tollgate sim` upstream counting calls."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from tests.e2e.conftest import ADS_KEY, SEARCH_KEY, Gateway, GatewayFactory, sim_policy
+from tests.support.sim_process import sim_admin, sim_process
+
+MESSAGES = [{"role": "user", "content": "What is a tollgate?"}]
+
+
+@pytest.fixture(scope="module")
+def sim_url() -> Iterator[str]:
+    with sim_process("--model-name", "pool") as url:
+        yield url
+
+
+@pytest.fixture
+def sim(sim_url: str) -> Iterator[httpx.Client]:
+    with sim_admin(sim_url) as admin:
+        admin.post("/sim/stats/reset").raise_for_status()
+        yield admin
+
+
+def calls(sim: httpx.Client) -> int:
+    return int(sim.get("/sim/stats").json()["calls"])
+
+
+def configure(sim: httpx.Client, **changes: float) -> None:
+    sim.post("/sim/config", json=changes).raise_for_status()
+
+
+def _policy(sim_url: str, cache: str = "{ttl_s: 600}") -> str:
+    text = sim_policy(chat_candidates="[pool]")
+    text = text.replace(
+        "providers:\n", f"providers:\n  gpu:\n    type: openai\n    base_urls: [{sim_url}]\n", 1
+    )
+    text = text.replace(
+        "models:\n",
+        "models:\n  pool:\n    provider: gpu\n    model: pool\n    pricing: "
+        "{input_per_mtok: 1.0, output_per_mtok: 2.0}\n",
+        1,
+    )
+    text = text.replace("  ads:\n    routes: [embed]", "  ads:\n    routes: [chat, embed]", 1)
+    return text.replace("routes:\n  chat:\n", f"routes:\n  chat:\n    cache: {cache}\n", 1)
+
+
+@pytest.fixture
+async def gateway(
+    make_gateway: GatewayFactory, sim_url: str, redis_url: str, redis_prefix: str
+) -> AsyncIterator[Gateway]:
+    yield await make_gateway(_policy(sim_url), redis_url=redis_url, redis_prefix=redis_prefix)
+
+
+async def _post(
+    gateway: Gateway, body: bytes | dict[str, Any], key: str = SEARCH_KEY, **headers: str
+) -> httpx.Response:
+    content = body if isinstance(body, bytes) else orjson.dumps(body)
+    response = await gateway.http.post(
+        "/v1/chat/completions",
+        content=content,
+        headers={"authorization": f"Bearer {key}", "content-type": "application/json", **headers},
+    )
+    assert response.status_code == 200, response.text
+    return response
+
+
+def _ask(**extra: Any) -> dict[str, Any]:
+    return {"model": "chat", "messages": MESSAGES, "temperature": 0, "max_tokens": 8, **extra}
+
+
+async def test_identical_request_twice_is_one_upstream_call(
+    gateway: Gateway, sim: httpx.Client
+) -> None:
+    first = await _post(gateway, _ask())
+    second = await _post(gateway, _ask())
+    assert calls(sim) == 1
+    assert first.headers["x-tollgate-cache"] == "miss"
+    assert second.headers["x-tollgate-cache"] == "hit"
+    a, b = first.json(), second.json()
+    assert a["choices"] == b["choices"] and a["usage"] == b["usage"] and a["model"] == b["model"]
+
+
+async def test_key_order_and_whitespace_do_not_matter(gateway: Gateway, sim: httpx.Client) -> None:
+    await _post(gateway, _ask(seed=5))
+    reordered = (
+        b'{ "seed": 5,  "max_tokens": 8, "temperature": 0,\n "messages": '
+        b'[{"content": "What is a tollgate?", "role": "user"}], "model": "chat" }'
+    )
+    assert (await _post(gateway, reordered)).headers["x-tollgate-cache"] == "hit"
+    assert calls(sim) == 1
+
+
+async def test_what_changes_the_answer_misses(gateway: Gateway, sim: httpx.Client) -> None:
+    await _post(gateway, _ask())
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+    for changed in (_ask(temperature=0.0, seed=1), _ask(tools=[tool]), _ask(seed=2)):
+        assert (await _post(gateway, changed)).headers["x-tollgate-cache"] == "miss"
+    # Another team never reads this team's answer.
+    assert (await _post(gateway, _ask(), key=ADS_KEY)).headers["x-tollgate-cache"] == "miss"
+    assert calls(sim) == 5
+
+
+async def test_fifty_concurrent_identical_requests_make_one_call(
+    gateway: Gateway, sim: httpx.Client
+) -> None:
+    configure(sim, ttft_ms=200)
+    try:
+        responses = await asyncio.gather(*(_post(gateway, _ask(seed=50)) for _ in range(50)))
+    finally:
+        configure(sim, ttft_ms=0)
+    assert calls(sim) == 1
+    assert len({r.json()["choices"][0]["message"]["content"] for r in responses}) == 1
+
+
+async def test_stream_replay_parses_with_the_sdk(gateway: Gateway, sim: httpx.Client) -> None:
+    client = gateway.client()
+    original = await client.chat.completions.create(**_ask(seed=9))  # type: ignore[call-overload]
+    stream = await client.chat.completions.create(  # type: ignore[call-overload]
+        **_ask(seed=9), stream=True, stream_options={"include_usage": True}
+    )
+    chunks = [chunk async for chunk in stream]
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == original.choices[0].message.content
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == original.usage.completion_tokens
+    assert calls(sim) == 1
+
+
+async def test_a_streamed_miss_is_stored_for_the_next_request(
+    gateway: Gateway, sim: httpx.Client
+) -> None:
+    client = gateway.client()
+    stream = await client.chat.completions.create(**_ask(seed=11), stream=True)  # type: ignore[call-overload]
+    streamed = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+    again = await _post(gateway, _ask(seed=11))
+    assert again.headers["x-tollgate-cache"] == "hit"
+    assert again.json()["choices"][0]["message"]["content"] == streamed
+    assert calls(sim) == 1
+
+
+async def test_cache_control(gateway: Gateway, sim: httpx.Client) -> None:
+    stored = await _post(gateway, _ask(seed=20), **{"cache-control": "no-store"})
+    assert stored.headers["x-tollgate-cache"] == "miss"
+    assert (await _post(gateway, _ask(seed=20))).headers["x-tollgate-cache"] == "miss"
+    assert calls(sim) == 2  # no-store wrote nothing; the second request stored it
+    bypass = await _post(gateway, _ask(seed=20), **{"cache-control": "no-cache"})
+    assert bypass.headers["x-tollgate-cache"] == "bypass"
+    assert calls(sim) == 3
+    assert (await _post(gateway, _ask(seed=20))).headers["x-tollgate-cache"] == "hit"
+
+
+async def test_ttl_expiry(gateway: Gateway, sim: httpx.Client) -> None:
+    await _post(gateway, _ask(seed=30), **{"x-tollgate-cache-ttl": "1"})
+    assert (await _post(gateway, _ask(seed=30))).headers["x-tollgate-cache"] == "hit"
+    await asyncio.sleep(1.3)
+    assert (await _post(gateway, _ask(seed=30))).headers["x-tollgate-cache"] == "miss"
+    assert calls(sim) == 2
+
+
+async def test_nondeterministic_requests_bypass_in_deterministic_mode(
+    gateway: Gateway, sim: httpx.Client
+) -> None:
+    body = {"model": "chat", "messages": MESSAGES, "max_tokens": 4, "temperature": 0.9}
+    assert (await _post(gateway, body)).headers["x-tollgate-cache"] == "bypass"
+    assert (await _post(gateway, body)).headers["x-tollgate-cache"] == "bypass"
+    assert calls(sim) == 2
