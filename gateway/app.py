@@ -20,7 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 
-from gateway.api import admin, health, openai
+from gateway.api import admin, health, openai, reports
 from gateway.api import metrics as metrics_api
 from gateway.api.context import RequestContext
 from gateway.auth.resolver import KeyResolver
@@ -30,6 +30,8 @@ from gateway.cache import PromptCache
 from gateway.db.engine import AsyncEngine, create_engine, ping, session_factory
 from gateway.db.migrate import upgrade
 from gateway.errors import GatewayError, InvalidRequest, NotFound
+from gateway.ledger.queries import SpendQueries
+from gateway.ledger.writer import LedgerWriter
 from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline
 from gateway.pipeline.background import Background
@@ -45,6 +47,8 @@ from gateway.state import StateStore
 from gateway.tokens import TokenCounter
 
 log = logging.getLogger("tollgate")
+# The requests that are billed: one ledger row each (listing models costs nothing).
+_LEDGERED = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +67,8 @@ class Services:
     cache: PromptCache
     background: Background
     metrics: Metrics
+    ledger: LedgerWriter
+    spend: SpendQueries
     pipeline: Pipeline
 
     def finish(self, record: RequestRecord) -> None:
@@ -72,6 +78,14 @@ class Services:
         record.finished = True
         if record.path.startswith("/v1/"):
             self.metrics.observe(record)
+        if record.path in _LEDGERED:
+            try:
+                self.ledger.append_record(record)
+            except OSError as exc:
+                log.error(
+                    "ledger spool write failed",
+                    extra={"fields": {"request_id": record.request_id, "error": str(exc)}},
+                )
 
     def reload_policy(self) -> Policy:
         """Load the policy again; on success new requests use it (in-flight ones keep theirs)."""
@@ -131,6 +145,9 @@ async def build_services(settings: Settings) -> Services:
     )
     background = Background()
     metrics = Metrics()
+    ledger = LedgerWriter(settings.resolved_ledger_dir(), database_url, settings.replica_name())
+    await ledger.start()
+    metrics.add_updater(lambda: metrics.set_ledger(ledger.backlog_rows, ledger.lag_seconds))
 
     def name_labels(_old: Policy | None, new: Policy) -> None:
         document = new.document
@@ -169,6 +186,8 @@ async def build_services(settings: Settings) -> Services:
         cache=cache,
         background=background,
         metrics=metrics,
+        ledger=ledger,
+        spend=SpendQueries(engine),
         pipeline=pipeline,
     )
     finish_hook.append(services.finish)
@@ -178,6 +197,9 @@ async def build_services(settings: Settings) -> Services:
 async def close_services(services: Services) -> None:
     await services.background.drain()
     await services.metrics.aclose()
+    # Drained into the database before exit; what cannot be sent stays in the spool for the
+    # next start (or a sibling replica) to replay.
+    await services.ledger.aclose()
     await services.upstreams.aclose()
     await services.cache.aclose()
     await services.state.aclose()
@@ -212,6 +234,8 @@ def create_app(settings: Settings, *, handle_signals: bool = False) -> FastAPI:
     app.include_router(health.router)
     app.include_router(admin.router)
     app.include_router(metrics_api.router)
+    app.include_router(reports.operators)
+    app.include_router(reports.own)
     app.include_router(openai.router)
     app.add_exception_handler(GatewayError, _gateway_error)
     app.add_exception_handler(HTTPException, _http_error)

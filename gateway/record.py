@@ -11,8 +11,9 @@ from typing import Any
 
 @dataclass(slots=True)
 class RequestRecord:
-    request_id: str
+    request_id: str  # the gateway's own, unique: budgets and the ledger are keyed by it
     started: float  # time.perf_counter() when the request arrived
+    client_request_id: str | None = None  # the x-request-id the client sent, echoed back
     method: str = ""
     path: str = ""
     team: str | None = None

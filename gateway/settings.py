@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     replica: str = ""
     log_level: str = "info"
     access_log: bool = True
+    # The usage ledger's local spool (default: data_dir/ledger). It must survive a restart of
+    # the process (a persistent volume per replica): unsent rows are replayed from it.
+    ledger_dir: Path | None = None
     # The in-process prompt cache's size (the embedded default; with Redis the cache is there).
     cache_memory_bytes: int = 64 * 1024 * 1024
 
@@ -50,6 +53,9 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite+aiosqlite:///{(self.data_dir / 'tollgate.db').resolve()}"
+
+    def resolved_ledger_dir(self) -> Path:
+        return self.ledger_dir or self.data_dir / "ledger"
 
     def replica_name(self) -> str:
         """A name for this process in logs and the ledger."""

@@ -24,14 +24,14 @@ log = logging.getLogger("tollgate")
 _MAX_ID = 128
 
 
-def _request_id(scope: Scope) -> str:
+def _client_request_id(scope: Scope) -> str | None:
     for name, value in scope["headers"]:
         if name == b"x-request-id":
             text: str = value.decode("latin-1")
             if 0 < len(text) <= _MAX_ID and text.isascii() and text.isprintable():
                 return text
             break
-    return "req_" + secrets.token_hex(12)
+    return None
 
 
 class RequestContext:
@@ -54,17 +54,25 @@ class RequestContext:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = _request_id(scope)
-        record = RequestRecord(request_id, time.perf_counter(), scope["method"], scope["path"])
+        # Budgets and the ledger are keyed by a request id, so it must be unique: a client's own
+        # id is echoed back as x-request-id (and kept in the ledger), but a client reusing its
+        # ids must not get a second request for free, so the gateway always names it too.
+        request_id = "req_" + secrets.token_hex(12)
+        client_id = _client_request_id(scope)
+        record = RequestRecord(
+            request_id, time.perf_counter(), client_id, scope["method"], scope["path"]
+        )
         scope.setdefault("state", {})["record"] = record
-        id_header = (b"x-request-id", request_id.encode())
+        id_headers = [(b"x-request-id", (client_id or request_id).encode())]
+        if client_id is not None:
+            id_headers.append((b"x-tollgate-request-id", request_id.encode()))
 
         finish = self.finish
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 record.http_status = message["status"]
-                message["headers"] = [*message.get("headers", ()), id_header]
+                message["headers"] = [*message.get("headers", ()), *id_headers]
             elif not message.get("more_body", False):
                 if record.total_ms is None:
                     record.total_ms = (time.perf_counter() - record.started) * 1000
@@ -104,6 +112,7 @@ class RequestContext:
 def _log_fields(record: RequestRecord) -> dict[str, Any]:
     return {
         "request_id": record.request_id,
+        "client_request_id": record.client_request_id,
         "method": record.method,
         "path": record.path,
         "http_status": record.http_status,

@@ -53,6 +53,7 @@ LIMITS = {
     "status": 32,
     "error_type": 64,
     "end_user": 256,
+    "client_request_id": 128,
 }
 
 
@@ -95,6 +96,7 @@ class UsageLedger(Base):
     tags: Mapped[dict[str, str] | None] = mapped_column(TAGS)
     # Whether the request met its route's latency target; NULL when the route has none.
     slo_met: Mapped[bool | None] = mapped_column(Boolean)
+    client_request_id: Mapped[str | None] = mapped_column(_text("client_request_id"))
 
 
 class UsageDaily(Base):

@@ -53,6 +53,7 @@ COLUMNS = (
     "end_user",
     "tags",
     "slo_met",
+    "client_request_id",
 )
 
 MAX_TAGS = 32
@@ -67,6 +68,7 @@ _OPTIONAL_TEXT = (
     "replica",
     "error_type",
     "end_user",
+    "client_request_id",
 )
 
 
@@ -114,6 +116,7 @@ def ledger_row(record: RequestRecord, *, now: float | None = None) -> dict[str, 
         "end_user": _clip(record.end_user, "end_user"),
         "tags": _tags(record.tags) if record.tags else None,
         "slo_met": record.slo_met,
+        "client_request_id": _clip(record.client_request_id, "client_request_id"),
     }
 
 

@@ -77,7 +77,8 @@ class Pipeline:
         self._tokens = tokens
         self._prices = prices
         self._limiter = limiter
-        self._plans = PlanCache()
+        # Public: the budget endpoints read the same plans the requests were held to.
+        self.plans = PlanCache()
         self._cache = cache
         self._finish = finish
         self._background = background
@@ -115,7 +116,7 @@ class Pipeline:
             # stream; the extra usage-only chunk is removed before the client sees it.
             body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
 
-        hold = Hold(self._limiter, self._plans.get(policy, principal.team), record, self._outages)
+        hold = Hold(self._limiter, self.plans.get(policy, principal.team), record, self._outages)
         out_headers = {"x-tollgate-route": route_name}
         cache_plan = self._cache.plan(
             policy.document, route_name, endpoint.value, body, headers, principal.team

@@ -51,7 +51,10 @@ class SimUpstream:
 
 def _reply(result: SimReply) -> UpstreamReply:
     if result.status >= 500:
-        raise UpstreamError("simulated upstream failure", status=result.status, retryable=True)
+        # As an HTTP upstream answering 5xx is reported: a 502 from the gateway.
+        raise UpstreamError(
+            f"upstream sim returned {result.status}: simulated upstream failure", retryable=True
+        )
     return UpstreamReply(
         status=result.status,
         body=result.body,

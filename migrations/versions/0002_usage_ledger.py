@@ -141,6 +141,9 @@ def upgrade() -> None:
         sa.Column("end_user", _text(256), nullable=True),
         sa.Column("tags", tags, nullable=True),
         sa.Column("slo_met", sa.Boolean(), nullable=True),
+        # The x-request-id the client sent, when it sent one (request_id stays the gateway's own,
+        # unique even when a client reuses its ids).
+        sa.Column("client_request_id", _text(128), nullable=True),
         sa.PrimaryKeyConstraint("request_id", name=op.f("pk_usage_ledger")),
     )
     op.create_index("ix_usage_ledger_team_ts", "usage_ledger", ["team", "ts"])

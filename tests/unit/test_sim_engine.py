@@ -351,9 +351,9 @@ async def test_upstream_failure_raises_a_retryable_error() -> None:
     for call in (upstream.send, upstream.open_stream):
         with pytest.raises(UpstreamError) as caught:
             await call(upstream_request(Endpoint.CHAT, chat(), stream=True))
-        assert caught.value.status == 500
+        assert caught.value.status == 502  # as an HTTP upstream answering 500 is reported
         assert caught.value.retryable
-        assert caught.value.message == "simulated upstream failure"
+        assert caught.value.message == "upstream sim returned 500: simulated upstream failure"
 
 
 async def test_upstream_stream_yields_events_and_stops_on_close() -> None:
