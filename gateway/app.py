@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import signal
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -42,6 +43,7 @@ from gateway.pricing import PriceTables
 from gateway.providers.base import Upstream
 from gateway.providers.registry import Upstreams
 from gateway.record import RequestRecord
+from gateway.routing import Breakers, Router, RoutingStats, StatsSync
 from gateway.settings import Settings
 from gateway.state import StateStore
 from gateway.tokens import TokenCounter
@@ -69,6 +71,8 @@ class Services:
     metrics: Metrics
     ledger: LedgerWriter
     spend: SpendQueries
+    router: Router
+    routing_sync: StatsSync
     pipeline: Pipeline
 
     def finish(self, record: RequestRecord) -> None:
@@ -144,6 +148,12 @@ async def build_services(settings: Settings) -> Services:
         state.redis, settings.redis_prefix, memory_max_bytes=settings.cache_memory_bytes
     )
     background = Background()
+    routing_stats = RoutingStats()
+    breakers = Breakers()
+    router = Router(routing_stats, breakers, random.Random())
+    routing_sync = StatsSync(
+        routing_stats, state.redis, settings.redis_prefix, settings.replica_name()
+    )
     metrics = Metrics()
     ledger = LedgerWriter(settings.resolved_ledger_dir(), database_url, settings.replica_name())
     await ledger.start()
@@ -172,6 +182,9 @@ async def build_services(settings: Settings) -> Services:
         finish=lambda record: finish_hook[0](record),
         background=background,
         metrics=metrics,
+        router=router,
+        stats=routing_stats,
+        breakers=breakers,
     )
     services = Services(
         settings=settings,
@@ -188,6 +201,8 @@ async def build_services(settings: Settings) -> Services:
         metrics=metrics,
         ledger=ledger,
         spend=SpendQueries(engine),
+        router=router,
+        routing_sync=routing_sync,
         pipeline=pipeline,
     )
     finish_hook.append(services.finish)
@@ -200,6 +215,7 @@ async def close_services(services: Services) -> None:
     # Drained into the database before exit; what cannot be sent stays in the spool for the
     # next start (or a sibling replica) to replay.
     await services.ledger.aclose()
+    await services.routing_sync.aclose()
     await services.upstreams.aclose()
     await services.cache.aclose()
     await services.state.aclose()
@@ -214,6 +230,7 @@ def create_app(settings: Settings, *, handle_signals: bool = False) -> FastAPI:
         services = await build_services(settings)
         app.state.services = services
         await services.metrics.start()
+        services.routing_sync.start()
         loop = asyncio.get_running_loop()
         if handle_signals:
             loop.add_signal_handler(signal.SIGHUP, _reload_on_signal, services)

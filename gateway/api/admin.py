@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import orjson
 from fastapi import APIRouter, Depends, Request, Response
 
 from gateway.api.deps import admin, services
-from gateway.errors import InvalidRequest, PolicyError
+from gateway.errors import InvalidRequest, NotFound, PolicyError
 
 router = APIRouter(prefix="/admin", dependencies=[Depends(admin)])
 log = logging.getLogger("tollgate.admin")
@@ -32,3 +33,45 @@ async def reload_policy(request: Request) -> Response:
         "routes": list(policy.document.routes),
     }
     return Response(orjson.dumps(body), media_type="application/json")
+
+
+def _route(request: Request, name: str) -> tuple[Any, Any]:
+    found = services(request)
+    policy = found.policies.current
+    route = policy.route(name)
+    if route is None:
+        raise NotFound(f"Unknown route '{name}'.", code="unknown_route")
+    return found, route
+
+
+def _int_param(request: Request, name: str, default: int | None) -> int | None:
+    text = request.query_params.get(name)
+    if text is None:
+        return default
+    if not text.isdigit():
+        raise InvalidRequest(f"Invalid '{name}': expected a non-negative integer.", param=name)
+    return int(text)
+
+
+@router.get("/routes/{route}/explain")
+async def explain_route(route: str, request: Request) -> Response:
+    """Every candidate's price for such a request, predicted latency, health, and the winner."""
+    found, spec = _route(request, route)
+    prices = found.prices.get(found.policies.current)
+    body = found.router.explain(
+        route,
+        spec,
+        prices,
+        _int_param(request, "prompt_tokens", 1000) or 0,
+        expected_output_tokens=_int_param(request, "output_tokens", None),
+    )
+    return Response(orjson.dumps(body, default=str), media_type="application/json")
+
+
+@router.get("/routes/{route}/stats")
+async def route_stats(route: str, request: Request) -> Response:
+    """Goodput and traffic per deployment over the recent window."""
+    found, _ = _route(request, route)
+    return Response(
+        orjson.dumps(found.router.route_stats(route), default=str), media_type="application/json"
+    )

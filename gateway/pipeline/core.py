@@ -18,6 +18,7 @@ The pipeline never imports the web framework: it returns a :class:`JsonResult` o
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -39,18 +40,21 @@ from gateway.errors import (
     NotFound,
     PermissionDenied,
     QuotaExceeded,
+    ServiceUnavailable,
     UpstreamError,
 )
 from gateway.metrics import Metrics
 from gateway.pipeline.accounting import Hold, OutageLog
+from gateway.pipeline.attempts import Attempt
 from gateway.pipeline.background import Background
-from gateway.pipeline.options import parse_options
+from gateway.pipeline.options import RequestOptions, parse_options
 from gateway.pipeline.relay import StreamRelay
 from gateway.pipeline.results import JsonResult, StreamResult
 from gateway.policy.schema import Deployment, Policy, Route
 from gateway.pricing import Price, PriceTables
 from gateway.providers.base import Endpoint, Upstream, UpstreamReply, UpstreamRequest, Usage
 from gateway.record import RequestRecord
+from gateway.routing import Breakers, Router, RoutingStats, affinity_key
 from gateway.tokens import TokenCounter
 
 Finish = Callable[[RequestRecord], None]
@@ -71,6 +75,9 @@ class Pipeline:
         finish: Finish,
         background: Background,
         metrics: Metrics,
+        router: Router,
+        stats: RoutingStats,
+        breakers: Breakers,
     ) -> None:
         self._policy = policy
         self._upstreams = upstreams
@@ -83,6 +90,9 @@ class Pipeline:
         self._finish = finish
         self._background = background
         self._metrics = metrics
+        self._router = router
+        self._stats = stats
+        self._breakers = breakers
         self._outages = OutageLog()
 
     async def handle(
@@ -143,6 +153,7 @@ class Pipeline:
                 out_headers,
                 cache_plan,
                 client_wants_usage,
+                options,
             )
         except BaseException as exc:
             if cache_plan is not None:
@@ -218,14 +229,33 @@ class Pipeline:
         headers: dict[str, str],
         cache_plan: CachePlan | None,
         client_wants_usage: bool,
+        options: RequestOptions,
     ) -> JsonResult | StreamResult:
         prices = self._prices.get(policy)
-        attempts = _attempt_order(route)
-        first = policy.document.models[attempts[0]]
+        # Counted with the first candidate's encoding: choosing needs the count first.
+        first = policy.document.models[route.candidates[0]]
         prompt_tokens = record.prompt_tokens = await self._count_prompt(endpoint, body, first)
+        asked = body.get("max_completion_tokens") or body.get("max_tokens")
+        plan = self._router.plan(
+            record.route or "",
+            route,
+            prices,
+            prompt_tokens,
+            expected_output_tokens=asked if isinstance(asked, int) else None,
+            slo_ttft_override_ms=options.slo_ttft_ms,
+            pinned=options.deployment,
+        )
+        if plan.probe or plan.predicted_miss:
+            record.extra["routing"] = "probe" if plan.probe else "predicted_miss"
+        affinity = affinity_key(body) if endpoint is not Endpoint.EMBEDDINGS else None
         last_error: GatewayError | None = None
+        refused_by_breaker: list[str] = []
         upstream_s = 0.0  # time spent waiting on upstreams, to tell the gateway's own apart
-        for deployment_name in attempts:
+        for step in plan.attempts:
+            deployment_name = step.deployment
+            if not self._breakers.allow(deployment_name):
+                refused_by_breaker.append(deployment_name)
+                continue
             deployment = policy.document.models[deployment_name]
             price = prices[deployment_name]
             estimate = Charge(
@@ -245,8 +275,10 @@ class Pipeline:
                 stream=record.stream,
                 timeout_s=route.timeout_s,
                 request_id=record.request_id,
+                affinity_key=affinity,
             )
             upstream = upstreams[deployment.provider]
+            attempt = Attempt(self._stats, self._breakers, plan, record, deployment_name)
             called = time.perf_counter()
             try:
                 if record.stream:
@@ -256,10 +288,15 @@ class Pipeline:
             except UpstreamError as exc:
                 last_error = exc
                 record.error_type = exc.code
+                attempt.failed(exc)
                 self._metrics.upstream_error(deployment_name, exc.code)
                 if not exc.retryable:
                     raise
                 continue
+            except BaseException:
+                # Cancelled (the client left): the attempt still ends, once.
+                attempt.succeeded(0, complete=False)
+                raise
             finally:
                 upstream_s += time.perf_counter() - called
             headers["x-tollgate-deployment"] = deployment_name
@@ -267,6 +304,7 @@ class Pipeline:
             if isinstance(opened, UpstreamReply):
                 result = await self._reply(opened, record, headers, hold, price, cache_plan)
                 record.overhead_ms = (record.ttft_ms or 0.0) - upstream_s * 1000
+                attempt.succeeded(record.completion_tokens)
                 return result
             record.replica, record.error_type = opened.replica, None
             headers["x-tollgate-cost-usd"] = f"{estimate.usd:.9f}"
@@ -283,12 +321,20 @@ class Pipeline:
                 finish=self._finish,
                 background=self._background,
                 metrics=self._metrics,
+                attempt=attempt,
                 upstream_s=upstream_s,
             )
             return StreamResult(relay.__aiter__(), headers)
-        if last_error is None:
-            raise _budget_exhausted(record)
-        raise last_error
+        if last_error is not None:
+            raise last_error
+        if refused_by_breaker and record.attempts == 0:
+            wait = min(self._breakers.retry_after_s(name) for name in refused_by_breaker)
+            raise ServiceUnavailable(
+                f"Every deployment of route '{record.route}' is cooling down after failures.",
+                code="all_deployments_unavailable",
+                headers={"retry-after": str(max(1, math.ceil(wait)))},
+            )
+        raise _budget_exhausted(record)
 
     async def _reply(
         self,
@@ -365,13 +411,6 @@ def _budget_exhausted(record: RequestRecord) -> GatewayError:
         f"No candidate of route '{record.route}' fits in the remaining budget.",
         code="insufficient_quota",
     )
-
-
-def _attempt_order(route: Route) -> list[str]:
-    """Candidates in policy order, then around again if ``retries`` asks for more attempts."""
-    candidates = route.candidates
-    attempts = 1 + (route.retries if route.retries is not None else len(candidates) - 1)
-    return [candidates[i % len(candidates)] for i in range(attempts)]
 
 
 def _wants_usage(body: dict[str, Any]) -> bool:

@@ -19,6 +19,7 @@ from gateway.cache import CachePlan, PromptCache
 from gateway.errors import UpstreamError, UpstreamProtocolError
 from gateway.metrics import Metrics
 from gateway.pipeline.accounting import Hold
+from gateway.pipeline.attempts import Attempt
 from gateway.pipeline.background import Background
 from gateway.pricing import Price
 from gateway.providers.base import UpstreamStream, Usage
@@ -49,6 +50,7 @@ class StreamRelay:
         finish: Callable[[RequestRecord], None],
         background: Background,
         metrics: Metrics,
+        attempt: Attempt,
         upstream_s: float,
     ) -> None:
         self._stream = stream
@@ -64,6 +66,7 @@ class StreamRelay:
         self._finish = finish
         self._background = background
         self._metrics = metrics
+        self._attempt = attempt
         self._upstream_s = upstream_s  # waiting on upstreams before this stream opened
         self._opened = time.perf_counter()
         self._usage: Usage | None = None
@@ -84,6 +87,7 @@ class StreamRelay:
                     record.ttft_ms = (now - record.started) * 1000
                     waited_s = self._upstream_s + now - self._opened
                     record.overhead_ms = record.ttft_ms - waited_s * 1000
+                    self._attempt.first_byte()
                     if b'"usage"' not in event:
                         self._texts = []
                 if self._assembler is not None:
@@ -91,6 +95,9 @@ class StreamRelay:
                 if is_done(event):
                     finished = True
                     await self._complete()
+                    self._attempt.succeeded(record.completion_tokens)
+                    # Accounted for before the client sees the end of its answer.
+                    self._finish(record)
                     yield event
                     return
                 if b'"usage"' in event and not any(n in event for n in _USAGE_NULL):
@@ -106,7 +113,10 @@ class StreamRelay:
             record.status, record.error_type = "upstream_error", exc.code
             record.http_status = exc.status
             self._metrics.upstream_error(record.deployment, exc.code)
+            self._attempt.failed(exc)
             await self._charge_generated()
+            record.total_ms = (time.perf_counter() - record.started) * 1000
+            self._finish(record)
             yield b"data: " + exc.body() + b"\n\n"
         except BaseException:
             # The client went away (the response task was cancelled): stop generation now, and
@@ -114,6 +124,7 @@ class StreamRelay:
             if not finished:
                 record.status, record.error_type = "client_disconnect", "client_disconnect"
                 self._background.spawn(self._charge_generated())
+                self._attempt.succeeded(record.completion_tokens, complete=False)
             raise
         finally:
             await self._stream.aclose()
