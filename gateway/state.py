@@ -15,13 +15,21 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from gateway.budget import fail_fast_options
+
 log = logging.getLogger("tollgate.state")
 
 
 class StateStore:
     """The handle on shared state, and its health for /readyz."""
 
-    def __init__(self, redis_url: str | None, prefix: str, max_connections: int = 64) -> None:
+    def __init__(
+        self,
+        redis_url: str | None,
+        prefix: str,
+        max_connections: int = 64,
+        socket_timeout_s: float = 0.5,
+    ) -> None:
         self.prefix = prefix
         self.redis: aioredis.Redis | None = None
         if redis_url:
@@ -33,9 +41,11 @@ class StateStore:
                 redis_url,
                 max_connections=max_connections,
                 timeout=2.0,
-                socket_connect_timeout=2.0,
-                socket_timeout=2.0,
                 health_check_interval=10,
+                # One immediate retry on a broken connection (a pooled socket after a Redis
+                # restart), none on a timeout: a Redis that is gone fails in microseconds, a
+                # hung one within the socket timeout.
+                **fail_fast_options(socket_timeout_s),
             )
             self.redis = aioredis.Redis(connection_pool=pool)
 

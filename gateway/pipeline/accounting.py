@@ -7,46 +7,21 @@ store is back by then. Either way the gateway answers within its own timeouts.
 
 from __future__ import annotations
 
-import logging
-import time
+import contextlib
 
 from gateway.budget import BudgetPlan, BudgetUnavailable, Charge, Limiter
 from gateway.record import RequestRecord
-
-log = logging.getLogger("tollgate.budget")
-_LOG_EVERY_S = 30.0
-
-
-class OutageLog:
-    """Logs a budget-store outage once per interval, not once per request."""
-
-    __slots__ = ("_last",)
-
-    def __init__(self) -> None:
-        self._last = 0.0
-
-    def note(self, error: BudgetUnavailable, mode: str) -> None:
-        now = time.monotonic()
-        if now - self._last >= _LOG_EVERY_S:
-            self._last = now
-            log.warning(
-                "budget store unreachable; applying on_redis_down",
-                extra={"fields": {"mode": mode, "error": error.message}},
-            )
 
 
 class Hold:
     """The budget side of one request."""
 
-    __slots__ = ("_limiter", "_outages", "_plan", "_record", "held", "unenforced")
+    __slots__ = ("_limiter", "_plan", "_record", "held", "unenforced")
 
-    def __init__(
-        self, limiter: Limiter, plan: BudgetPlan, record: RequestRecord, outages: OutageLog
-    ) -> None:
+    def __init__(self, limiter: Limiter, plan: BudgetPlan, record: RequestRecord) -> None:
         self._limiter = limiter
         self._plan = plan
         self._record = record
-        self._outages = outages
         self.held: Charge | None = None  # what is reserved right now
         self.unenforced = False  # serving without a hold (fail_open while the store is away)
 
@@ -96,30 +71,36 @@ class Hold:
     async def settle(self, actual: Charge) -> None:
         """Charge what was used and drop the hold (idempotent by request id in the store)."""
         held, self.held = self.held, None
-        try:
+        # An outage is logged by the limiter. The hold then expires by itself; the ledger keeps
+        # the usage and `tollgate reconcile` shows the difference.
+        with contextlib.suppress(BudgetUnavailable):
             if held is not None:
                 await self._limiter.settle(self._plan, self._record.request_id, actual)
             elif self.unenforced and (actual.tokens or actual.nano_usd):
                 await self._limiter.charge(self._plan, self._record.key_id, actual)
-        except BudgetUnavailable as exc:
-            # The hold expires by itself; the ledger keeps the usage and `tollgate reconcile`
-            # shows the difference.
-            self._outages.note(exc, "settle-failed")
 
     async def release(self) -> None:
         """Nothing was generated: give the hold back."""
         if self.held is None:
             return
         self.held = None
-        try:
+        # An outage is logged by the limiter; the hold then expires by itself.
+        with contextlib.suppress(BudgetUnavailable):
             await self._limiter.release(self._plan, self._record.request_id)
-        except BudgetUnavailable as exc:
-            self._outages.note(exc, "release-failed")
+
+    async def refresh(self, timeout_s: float) -> None:
+        """Keep a long stream's hold from lapsing (it would still be charged when it ends, but
+        meanwhile others could spend what it holds)."""
+        if self.held is None:
+            return
+        with contextlib.suppress(BudgetUnavailable):  # logged by the limiter
+            await self._limiter.extend(
+                self._plan, self._record.request_id, self.held, timeout_s=timeout_s
+            )
 
     def _outage(self, error: BudgetUnavailable) -> None:
-        mode = self._plan.on_redis_down
-        self._outages.note(error, mode)
-        if mode == "fail_closed":
+        # The limiter logs outages (once per interval); here only the team's mode is applied.
+        if self._plan.on_redis_down == "fail_closed":
             raise error
         self.unenforced = True
         self._record.extra["budget"] = "unenforced"

@@ -44,7 +44,7 @@ from gateway.errors import (
     UpstreamError,
 )
 from gateway.metrics import Metrics
-from gateway.pipeline.accounting import Hold, OutageLog
+from gateway.pipeline.accounting import Hold
 from gateway.pipeline.attempts import Attempt
 from gateway.pipeline.background import Background
 from gateway.pipeline.options import RequestOptions, parse_options
@@ -93,7 +93,6 @@ class Pipeline:
         self._router = router
         self._stats = stats
         self._breakers = breakers
-        self._outages = OutageLog()
 
     async def handle(
         self,
@@ -126,7 +125,7 @@ class Pipeline:
             # stream; the extra usage-only chunk is removed before the client sees it.
             body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
 
-        hold = Hold(self._limiter, self.plans.get(policy, principal.team), record, self._outages)
+        hold = Hold(self._limiter, self.plans.get(policy, principal.team), record)
         out_headers = {"x-tollgate-route": route_name}
         cache_plan = self._cache.plan(
             policy.document, route_name, endpoint.value, body, headers, principal.team
@@ -323,6 +322,7 @@ class Pipeline:
                 metrics=self._metrics,
                 attempt=attempt,
                 upstream_s=upstream_s,
+                timeout_s=route.timeout_s,
             )
             return StreamResult(relay.__aiter__(), headers)
         if last_error is not None:

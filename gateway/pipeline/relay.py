@@ -52,6 +52,7 @@ class StreamRelay:
         metrics: Metrics,
         attempt: Attempt,
         upstream_s: float,
+        timeout_s: float,
     ) -> None:
         self._stream = stream
         self._record = record
@@ -69,6 +70,10 @@ class StreamRelay:
         self._attempt = attempt
         self._upstream_s = upstream_s  # waiting on upstreams before this stream opened
         self._opened = time.perf_counter()
+        self._timeout_s = timeout_s
+        # A stream may outlive its hold (which expires timeout_s after it was made): renew the
+        # hold every half of that while the stream runs.
+        self._renew_at = self._opened + timeout_s / 2
         self._usage: Usage | None = None
         self._content_chunks = 0
         # Set when the upstream shows it will not report usage: then the text is counted.
@@ -105,6 +110,9 @@ class StreamRelay:
                     if not event:
                         continue
                 self._count(event)
+                if time.perf_counter() >= self._renew_at:
+                    self._renew_at = time.perf_counter() + self._timeout_s / 2
+                    self._background.spawn(self._hold.refresh(self._timeout_s))
                 yield event
             raise UpstreamProtocolError(
                 f"upstream {record.provider} ({record.replica}) ended the stream early"
