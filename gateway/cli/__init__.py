@@ -9,7 +9,18 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from gateway.cli import bench, budget, keys, migrate, policy, serve, sim, spend, tco
+from gateway.cli import (
+    bench,
+    budget,
+    keys,
+    migrate,
+    policy,
+    reconcile,
+    serve,
+    sim,
+    spend,
+    tco,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tollgate", description="Tollgate: a model-routing gateway for LLM inference."
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (serve, policy, keys, migrate, sim, tco, budget, spend, bench):
+    for module in (serve, policy, keys, migrate, sim, tco, budget, spend, reconcile, bench):
         module.register(commands)
     return parser
 

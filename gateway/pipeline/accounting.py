@@ -8,6 +8,8 @@ store is back by then. Either way the gateway answers within its own timeouts.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Coroutine
+from typing import Any
 
 from gateway.budget import BudgetPlan, BudgetUnavailable, Charge, Limiter
 from gateway.record import RequestRecord
@@ -79,11 +81,18 @@ class Hold:
             elif self.unenforced and (actual.tokens or actual.nano_usd):
                 await self._limiter.charge(self._plan, self._record.key_id, actual)
 
-    async def release(self) -> None:
-        """Nothing was generated: give the hold back."""
-        if self.held is None:
+    def release(self) -> Coroutine[Any, Any, None]:
+        """Nothing was generated: nothing is charged, and the record says so at once (the
+        ledger row is written from it); the returned coroutine gives the hold back."""
+        record = self._record
+        record.prompt_tokens = record.completion_tokens = record.cached_tokens = 0
+        record.cost_usd = 0.0
+        held, self.held = self.held, None
+        return self._give_back(held is not None)
+
+    async def _give_back(self, held: bool) -> None:
+        if not held:
             return
-        self.held = None
         # An outage is logged by the limiter; the hold then expires by itself.
         with contextlib.suppress(BudgetUnavailable):
             await self._limiter.release(self._plan, self._record.request_id)

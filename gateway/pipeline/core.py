@@ -365,8 +365,10 @@ class Pipeline:
             usage.completion_tokens,
             usage.cached_tokens,
         )
-        record.cost_usd = price.cost_usd(prompt, completion, cached)
-        await hold.settle(Charge(prompt + completion, price.cost_nanos(prompt, completion, cached)))
+        charge = Charge(prompt + completion, price.cost_nanos(prompt, completion, cached))
+        # The ledger records exactly what the budget was charged (nano-dollars, rounded up).
+        record.cost_usd = charge.usd
+        await hold.settle(charge)
         headers["x-tollgate-cost-usd"] = f"{record.cost_usd:.9f}"
         if cache_plan is not None:
             entry = PromptCache.entry_from_json(

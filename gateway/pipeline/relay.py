@@ -157,9 +157,10 @@ class StreamRelay:
             if not self._client_wants_usage:
                 return b""
             if usage is not None:
-                chunk["usage"]["cost_usd"] = self._price.cost_usd(
+                nanos = self._price.cost_nanos(
                     usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens
                 )
+                chunk["usage"]["cost_usd"] = Charge(0, nanos).usd
                 return b"data: " + orjson.dumps(chunk) + b"\n\n"
         return event
 
@@ -188,9 +189,10 @@ class StreamRelay:
         completion = self._completion_tokens()
         record.prompt_tokens, record.completion_tokens = prompt, completion
         record.cached_tokens = cached
-        nanos = self._price.cost_nanos(prompt, completion, cached)
-        record.cost_usd = self._price.cost_usd(prompt, completion, cached)
-        return Charge(prompt + completion, nanos)
+        charge = Charge(prompt + completion, self._price.cost_nanos(prompt, completion, cached))
+        # The ledger records exactly what the budget was charged (nano-dollars, rounded up).
+        record.cost_usd = charge.usd
+        return charge
 
     async def _complete(self) -> None:
         actual = self._actual()
@@ -218,7 +220,6 @@ class StreamRelay:
         """
         actual = self._actual()
         if self._record.completion_tokens == 0 and self._usage is None:
-            self._record.cost_usd = 0.0
             return self._hold.release()
         return self._hold.settle(actual)
 

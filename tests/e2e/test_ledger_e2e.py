@@ -107,7 +107,7 @@ async def test_one_row_per_outcome(gateway: Gateway, postgres_url: str) -> None:
         429,
         "poor",
     )
-    assert float(refused["cost_usd"]) == 0
+    assert float(refused["cost_usd"]) == 0 and refused["prompt_tokens"] == 0  # nothing charged
     assert (rows["invalid"]["status"], rows["invalid"]["http_status"]) == ("invalid_request", 400)
     assert rows["embed"]["route"] == "embed" and rows["embed"]["prompt_tokens"] > 0
 
