@@ -21,6 +21,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 
+from gateway import gauges
 from gateway.api import admin, health, openai, reports
 from gateway.api import metrics as metrics_api
 from gateway.api.context import RequestContext
@@ -157,7 +158,6 @@ async def build_services(settings: Settings) -> Services:
     metrics = Metrics()
     ledger = LedgerWriter(settings.resolved_ledger_dir(), database_url, settings.replica_name())
     await ledger.start()
-    metrics.add_updater(lambda: metrics.set_ledger(ledger.backlog_rows, ledger.lag_seconds))
 
     def name_labels(_old: Policy | None, new: Policy) -> None:
         document = new.document
@@ -206,6 +206,15 @@ async def build_services(settings: Settings) -> Services:
         pipeline=pipeline,
     )
     finish_hook.append(services.finish)
+    gauges.install(
+        metrics,
+        policy=lambda: policies.current,
+        upstreams=current_upstreams,
+        breakers=breakers,
+        limiter=limiter,
+        plans=pipeline.plans,
+        ledger=ledger,
+    )
     return services
 
 
