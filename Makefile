@@ -23,6 +23,7 @@ run: install
 test: install-test
 	$(BIN)/ruff check gateway tests
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	$(BIN)/pytest -q
 
 lint: install-test
@@ -33,7 +34,7 @@ typecheck: install-test
 	$(BIN)/mypy
 
 bench: install-test
-	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .tollgate .pytest_cache .mypy_cache .ruff_cache

@@ -8,10 +8,9 @@ import sys
 from datetime import UTC, date, datetime
 
 import orjson
-from sqlalchemy.exc import DBAPIError
 
 from gateway.cli.output import FORMATS, emit
-from gateway.db.engine import create_engine, redact_url
+from gateway.db.engine import DatabaseError, create_engine, redact_url
 from gateway.ledger.queries import GROUPINGS, SpendQueries, SpendReport
 from gateway.settings import Settings
 
@@ -72,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"error: cannot reach the database at {redact_url(url)}: {exc}", file=sys.stderr)
         return 1
-    except DBAPIError as exc:
+    except DatabaseError as exc:
         print(
             f"error: cannot read the usage ledger at {redact_url(url)} "
             f"({str(exc.orig).splitlines()[0]}); run `tollgate migrate` if it is new",

@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import event, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import DBAPIError as DatabaseError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -17,6 +18,7 @@ from sqlalchemy.ext.asyncio import (
 
 __all__ = [
     "AsyncEngine",
+    "DatabaseError",
     "SessionFactory",
     "create_engine",
     "ping",
