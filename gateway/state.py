@@ -28,7 +28,7 @@ class StateStore:
         redis_url: str | None,
         prefix: str,
         max_connections: int = 64,
-        socket_timeout_s: float = 0.5,
+        socket_timeout_s: float = 2.0,
     ) -> None:
         self.prefix = prefix
         self.redis: aioredis.Redis | None = None

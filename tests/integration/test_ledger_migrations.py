@@ -33,6 +33,7 @@ NULLABLE = {
     "end_user",
     "tags",
     "slo_met",
+    "client_request_id",
 }
 
 
