@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import importlib.util
 import itertools
 import os
 from collections.abc import Callable, Mapping
@@ -28,6 +27,8 @@ from pathlib import Path
 from typing import Any, ParamSpec
 
 import tiktoken
+
+from gateway.packages import package_dir
 
 # OpenAI cookbook, "How to count tokens with tiktoken": every message is framed as
 # <|start|>{role/name}\n{content}<|end|>\n and every reply is primed with
@@ -89,13 +90,10 @@ def encoding_for(model: str) -> tiktoken.Encoding:
 
 def bundled_tiktoken_dir() -> Path | None:
     """litellm's directory of tiktoken files, found without importing litellm (None if absent)."""
-    try:
-        spec = importlib.util.find_spec("litellm")
-    except (ImportError, ValueError):
+    folder = package_dir("litellm")
+    if folder is None:
         return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(next(iter(spec.submodule_search_locations))) / "litellm_core_utils" / "tokenizers"
+    path = folder / "litellm_core_utils" / "tokenizers"
     return path if path.is_dir() else None
 
 

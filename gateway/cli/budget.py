@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
-from gateway.cli.output import FORMATS, emit
-from gateway.errors import PolicyError
+from gateway.cli.output import FORMATS, emit, load_policy_or_report, policy_dir
 from gateway.settings import Settings
 
 if TYPE_CHECKING:
@@ -52,14 +50,9 @@ def run_show(args: argparse.Namespace) -> int:
     url: str | None = args.redis_url or settings.redis_url
     if not url:
         return _fail(NO_REDIS)
-    from gateway.policy.loader import load_policy
-
-    directory: Path = args.policy or Path(os.environ.get("TOLLGATE_POLICY") or settings.policy)
-    try:
-        policy = load_policy(directory)
-    except PolicyError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
+    directory = policy_dir(args.policy, settings)
+    policy = load_policy_or_report(directory)
+    if policy is None:
         return 1
     if policy.team(args.team) is None:
         return _fail(f"team {args.team!r} is not defined in the policy at {directory}")

@@ -1,13 +1,21 @@
-"""Printing data for humans (table) or machines (json, csv): data to stdout, nothing else."""
+"""Shared by the commands: data for humans (table) or machines (json, csv) on stdout, nothing
+else; the policy loaded with its problems reported on stderr."""
 
 from __future__ import annotations
 
 import csv
 import sys
 from collections.abc import Mapping, Sequence
-from typing import Any, TextIO
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
 
 import orjson
+
+from gateway.errors import PolicyError
+from gateway.settings import Settings
+
+if TYPE_CHECKING:
+    from gateway.policy.schema import Policy
 
 FORMATS = ("table", "json", "csv")
 
@@ -37,3 +45,20 @@ def emit(rows: Sequence[Mapping[str, Any]], fmt: str, out: TextIO | None = None)
 
 def _cell(value: Any) -> str:
     return "" if value is None else str(value)
+
+
+def load_policy_or_report(directory: Path) -> Policy | None:
+    """The policy at ``directory``, or None after printing each problem to stderr."""
+    from gateway.policy.loader import load_policy
+
+    try:
+        return load_policy(directory)
+    except PolicyError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return None
+
+
+def policy_dir(given: Path | None, settings: Settings) -> Path:
+    """``--policy``, else ``$TOLLGATE_POLICY``, else ``policies/``."""
+    return given or settings.policy

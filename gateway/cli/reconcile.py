@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -20,8 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gateway.cli.budget import NO_REDIS
-from gateway.cli.output import FORMATS, emit
-from gateway.errors import PolicyError
+from gateway.cli.output import FORMATS, emit, load_policy_or_report, policy_dir
 from gateway.settings import Settings
 
 if TYPE_CHECKING:
@@ -49,14 +47,9 @@ def run(args: argparse.Namespace) -> int:
     if not redis_url:
         print(f"error: {NO_REDIS}", file=sys.stderr)
         return 1
-    from gateway.policy.loader import load_policy
-
-    directory: Path = args.policy or Path(os.environ.get("TOLLGATE_POLICY") or settings.policy)
-    try:
-        policy = load_policy(directory)
-    except PolicyError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
+    directory = policy_dir(args.policy, settings)
+    policy = load_policy_or_report(directory)
+    if policy is None:
         return 1
     teams = [args.team] if args.team else list(policy.document.teams)
     database_url = args.database_url or settings.resolved_database_url()

@@ -10,7 +10,6 @@ has no explicit price.
 from __future__ import annotations
 
 import functools
-import importlib.util
 import re
 import threading
 from dataclasses import dataclass
@@ -18,6 +17,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import orjson
+
+from gateway.packages import package_dir
 
 COST_MAP_FILE = "model_prices_and_context_window_backup.json"
 
@@ -60,13 +61,10 @@ class CostEntry:
 
 def find_cost_map_file() -> Path | None:
     """The cost-map JSON inside the installed litellm package, or ``None`` if it is not there."""
-    try:
-        spec = importlib.util.find_spec("litellm")
-    except (ImportError, ValueError):
+    folder = package_dir("litellm")
+    if folder is None:
         return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(next(iter(spec.submodule_search_locations))) / COST_MAP_FILE
+    path = folder / COST_MAP_FILE
     return path if path.is_file() else None
 
 

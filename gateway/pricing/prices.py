@@ -35,6 +35,7 @@ from gateway.policy.schema import (
     TcoPricing,
     TokenPricing,
 )
+from gateway.policy.yaml_nodes import render_path
 from gateway.pricing.costmap import CostMap, bundled_cost_map, provider_for_host
 from gateway.pricing.tco import hourly_cost, tco_cost
 
@@ -251,7 +252,7 @@ def format_problems(
     problems: list[PriceProblem], where: Callable[[PricePath], str] | None = None
 ) -> list[str]:
     """``path: message`` lines; ``where`` renders a path (the loader's adds ``file:line``)."""
-    render = where if where is not None else _render_path
+    render = where if where is not None else render_path
     return [f"{render(path)}: {message}" for path, message in problems]
 
 
@@ -271,13 +272,3 @@ def _litellm_provider(deployment: Deployment, provider: Provider | None) -> str 
         named = provider.params.get("custom_llm_provider")
         return named if isinstance(named, str) else None
     return None
-
-
-def _render_path(path: PricePath) -> str:
-    text = ""
-    for element in path:
-        if isinstance(element, int):
-            text += f"[{element}]"
-        else:
-            text += f".{element}" if text else element
-    return text
