@@ -1,0 +1,245 @@
+"""The measurements of a run, each a coroutine filling one entry of the results."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from bench import load, measure, report, stack
+from bench.client import Target
+from bench.openloop import Pool
+from bench.plan import Plan
+from bench.procs import Processes, http_get, wait_idle
+from bench.workload import Bodies
+
+Json = dict[str, Any]
+# Where a section's result lives in the results, when not under its own name.
+RESULT_KEYS = {"bigprompt": "big_prompt", "cache": "cache_hit"}
+# The generator is checked against the stub alone up to well past any gateway rate.
+GENERATOR_RATES = (1000.0, 2000.0, 4000.0, 8000.0)
+
+
+def log(message: str) -> None:
+    """Progress, on stderr."""
+    print(message, file=sys.stderr, flush=True)
+
+
+@dataclass(slots=True)
+class Run:
+    """Everything one run holds; sections read it and fill ``doc``."""
+
+    plan: Plan
+    args: argparse.Namespace
+    procs: Processes
+    run_dir: Path
+    doc: Json
+    bodies: Bodies
+    backends: stack.Backends
+    stub: stack.Stub | None = None
+    policy: stack.PolicyChoice | None = None
+    gateway: stack.Gateway | None = None
+    sampler: load.RssSampler | None = None
+
+    @property
+    def results(self) -> Json:
+        """The results part of the document (one entry per section)."""
+        found: Json = self.doc["results"]
+        return found
+
+    def targets(self) -> measure.Targets:
+        """Where requests go: the stub (fast and paced) and the gateway."""
+        assert self.stub is not None and self.gateway is not None
+        port = self.stub.port
+        return measure.Targets(
+            direct=Target("direct", stack.HOST, port, "/fast" + stack.CHAT, b""),
+            gateway=self.gateway.target(),
+            direct_paced=Target("direct", stack.HOST, port, "/real" + stack.CHAT, b""),
+            gateway_paced=self.gateway.target(),
+        )
+
+    def upstream_calls(self) -> int:
+        """Chat calls the stub has received so far."""
+        assert self.stub is not None
+        _, body = http_get(stack.HOST, self.stub.port, "/stats")
+        count: int = orjson.loads(body)["requests"]
+        return count
+
+    async def settle(self) -> None:
+        """Wait until the gateway is idle: what a previous step queued must not leak into the
+        next measurement."""
+        if self.gateway is not None and self.gateway.started.proc.poll() is None:
+            waited = await asyncio.to_thread(wait_idle, self.gateway.started.pid)
+            if waited > 2:
+                log(f"   (waited {waited:.1f} s for the gateway to go idle)")
+
+    async def section(self, name: str, work: Callable[[], Awaitable[Json]]) -> None:
+        """Run one section if the plan has it; a failure is recorded, not raised."""
+        if name not in self.plan.sections:
+            return
+        log(f"== {name}")
+        await self.settle()
+        started = time.monotonic()
+        try:
+            self.results[RESULT_KEYS.get(name, name)] = await work()
+        except Exception as exc:  # one broken measurement must not lose the others
+            self.doc["errors"][name] = f"{type(exc).__name__}: {exc}"[:2000]
+            log(f"   {name} failed: {type(exc).__name__}: {exc}")
+        log(f"   ({time.monotonic() - started:.1f} s)")
+
+
+async def pools(run: Run) -> tuple[Pool, Pool]:
+    """Fresh connection pools to the stub and the gateway."""
+    targets = run.targets()
+    return Pool(targets.direct), Pool(targets.gateway)
+
+
+async def throughput(run: Run) -> Json:
+    """2. The generator check, then the search for the best clean rate (one worker)."""
+    direct, gateway = await pools(run)
+    try:
+        capacity = await load.generator_capacity(
+            direct, run.bodies.distinct, GENERATOR_RATES, min(run.plan.step_s, 2.0), log
+        )
+        search = await load.find_max_rate(
+            direct,
+            gateway,
+            run.bodies.distinct,
+            step_s=run.plan.step_s,
+            warmup_s=run.plan.warmup_s,
+            refine=run.plan.refine,
+            rates=run.plan.rates,
+            log=log,
+            settle=run.settle,
+        )
+    finally:
+        await direct.aclose()
+        await gateway.aclose()
+    return {**search, "generator": capacity}
+
+
+def best_rate(run: Run, default: float = 500.0) -> float:
+    """The one-worker search's best rate, or ``default`` if there is none yet."""
+    best = report.dig(run.results, "throughput.best_rps")
+    return float(best) if isinstance(best, int | float) and best > 0 else default
+
+
+async def soak(run: Run) -> Json:
+    """5. Half the best rate for ``--soak-s`` seconds; memory sampled throughout and after."""
+    assert run.sampler is not None and run.gateway is not None
+    rate = run.plan.soak_rate or max(100.0, round(best_rate(run) / 2 / 50) * 50)
+    _, gateway = await pools(run)
+    try:
+        result = await load.soak(
+            gateway,
+            run.bodies.distinct,
+            rate,
+            run.plan.soak_s,
+            run.sampler,
+            run.plan.soak_window_s,
+            log,
+        )
+    finally:
+        await gateway.aclose()
+    await asyncio.sleep(2)
+    _, largest = run.sampler.sample()
+    run.results.setdefault("rss", {})["after_soak_mb"] = round(largest, 1)
+    return result
+
+
+async def profile(run: Run) -> Json:
+    """Where the gateway's time goes at 70% of its best rate (py-spy, if installed)."""
+    from bench import profile as spy
+    from bench.openloop import run_step
+
+    assert run.gateway is not None
+    if spy.py_spy() is None:
+        return {"note": spy.PY_SPY_HINT, "top": []}
+    rate = run.args.profile_rate or (round(best_rate(run) * 0.7 / 50) * 50 or 300)
+    out = run.run_dir / "profile.txt"
+    _, gateway = await pools(run)
+    try:
+        await gateway.warm(8)
+        recorder = spy.start_record(run.gateway.started.pid, run.plan.profile_s, out)
+        await run_step(gateway, run.bodies.distinct, rate, run.plan.profile_s + 1)
+        _, err = await asyncio.to_thread(recorder.communicate, None, 60)
+    finally:
+        await gateway.aclose()
+    if not out.exists():
+        return {"note": f"py-spy failed: {err.decode(errors='replace')[-500:]}", "top": []}
+    samples, top = spy.top_functions(out.read_text(errors="replace"))
+    return {
+        "note": f"{samples} samples over {run.plan.profile_s:g} s at {rate} req/s (open loop); "
+        "self = on top of the stack, total = anywhere in it; idle time excluded.",
+        "rate": rate,
+        "samples": samples,
+        "top": top,
+    }
+
+
+async def wrk(run: Run) -> Json:
+    """Closed-loop peak (wrk) for the stub and the gateway, distinct prompts."""
+    assert run.stub is not None and run.gateway is not None
+    results: Json = {}
+    for side, base, path, key in (
+        ("direct", run.stub.url, "/fast" + stack.CHAT, None),
+        ("gateway", f"http://{stack.HOST}:{run.gateway.port}", stack.CHAT, run.gateway.key),
+    ):
+        script = run.run_dir / f"wrk-{side}.lua"
+        script.write_text(load.wrk_script(run.bodies.run_id, path, key))
+        results[side] = [
+            await asyncio.to_thread(load.run_wrk, base + path, script, c, run.plan.wrk_s)
+            for c in run.plan.wrk_connections
+        ]
+    return results
+
+
+async def workers(run: Run, one_worker_best: float | None) -> Json:
+    """7. The search again against ``--workers 2``; the ratio to one worker."""
+    assert run.stub is not None and run.policy is not None
+    if run.backends.redis_url is None:
+        return {"note": "needs Redis (not run with --embedded)"}
+    gateway = stack.start_gateway(
+        run.procs, run.backends, run.stub.url, run.policy.directory, workers=2, name="gateway-w2"
+    )
+    run.gateway = gateway
+    try:
+        direct, pool = await pools(run)
+        try:
+            search = await load.find_max_rate(
+                direct,
+                pool,
+                run.bodies.distinct,
+                step_s=run.plan.step_s,
+                warmup_s=run.plan.warmup_s,
+                refine=run.plan.refine,
+                rates=run.plan.rates,
+                log=log,
+                settle=run.settle,
+            )
+        finally:
+            await direct.aclose()
+            await pool.aclose()
+    finally:
+        run.procs.stop(gateway.started)
+    best = float(search["best_rps"])
+    ratio = best / one_worker_best if one_worker_best else None
+    return {"workers": 2, "best_rps": best, "ratio": ratio, "search": search}
+
+
+async def litellm(run: Run) -> Json:
+    """Optional: LiteLLM's proxy on the same stub (``--litellm-python``)."""
+    from bench import litellm_proxy
+
+    assert run.stub is not None
+    python = run.args.litellm_python
+    if not python:
+        return {"note": litellm_proxy.HINT}
+    return await litellm_proxy.compare(run, python, log)

@@ -1,0 +1,163 @@
+"""The harness's load verdicts, wrk parsing, memory growth, process helpers and plan."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+
+import pytest
+
+from bench.load import bisect_rate, generator_keeps_up, parse_wrk, rss_growth, verdict, wrk_script
+from bench.openloop import StepResult
+from bench.plan import SECTIONS, Plan
+from bench.procs import parent_of, process_tree, rss_mb
+from bench.stats import summarize
+
+
+def step(
+    rate: float,
+    p99_ms: float,
+    *,
+    achieved: float | None = None,
+    errors: int = 0,
+    aborted: bool = False,
+) -> StepResult:
+    planned = int(rate)
+    latency = summarize([p99_ms * 0.5] * 98 + [p99_ms] * 2)
+    return StepResult(
+        target="t",
+        offered_rps=rate,
+        duration_s=1.0,
+        planned=planned,
+        sent=planned,
+        ok=planned - errors,
+        errors=errors,
+        unfinished=0,
+        aborted=aborted,
+        achieved_rps=rate if achieved is None else achieved,
+        latency_ms=latency,
+        service_ms=latency,
+        lag_ms=summarize([0.1]),
+        connections=4,
+        statuses={200: planned - errors},
+    )
+
+
+def test_the_generator_keeps_up_when_the_stub_step_is_clean_and_fast() -> None:
+    assert generator_keeps_up(step(1000, 1.0))
+    assert not generator_keeps_up(step(1000, 9.0))
+    assert not generator_keeps_up(step(1000, 1.0, achieved=800))
+    assert not generator_keeps_up(step(1000, 1.0, errors=1))
+
+
+def test_verdict() -> None:
+    direct = step(1000, 1.0)
+    assert verdict(direct, step(1000, 5.0), 10.0) == (True, "ok")
+    ok, why = verdict(direct, step(1000, 12.0), 10.0)
+    assert not ok and why.startswith("added p99 ")
+    assert verdict(direct, step(1000, 2.0, errors=3), 10.0) == (False, "gateway errors or overload")
+    assert verdict(direct, step(1000, 2.0, aborted=True), 10.0)[0] is False
+    assert verdict(direct, step(1000, 2.0, achieved=900), 10.0) == (
+        False,
+        "gateway below offered rate",
+    )
+    assert verdict(step(1000, 30.0), step(1000, 2.0), 10.0) == (False, "generator-bound")
+
+
+def test_bisect_rate() -> None:
+    assert bisect_rate(1000, 1500) == 1250
+    assert bisect_rate(1000, 1100) == 1050
+    assert bisect_rate(1000, 1050) is None  # nothing between on a 50 req/s grid
+
+
+def test_rss_growth_judges_after_the_warm_up_third() -> None:
+    series = [(float(t), 100.0 + (5.0 if t >= 3 else 0.0)) for t in range(9)]
+    growth = rss_growth(series)
+    assert growth["rss_start_mb"] == 100.0
+    assert growth["rss_warm_mb"] == 105.0
+    assert growth["growth_mb"] == 0.0
+    assert growth["slope_mb_per_min"] == 0.0
+    leaking = rss_growth([(float(t), 100.0 + t) for t in range(12)])  # 1 MB/s
+    assert leaking["slope_mb_per_min"] == pytest.approx(60.0)
+    assert rss_growth([(0.0, 1.0)])["growth_mb"] is None
+
+
+WRK_OUTPUT = """Running 2s test @ http://127.0.0.1:1/v1/chat/completions
+  1 threads and 16 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     1.20ms  300.00us   9.54ms   88.44%
+  Latency Distribution
+     50%  617.00us
+     75%    1.02ms
+     90%    1.50ms
+     99%    3.35ms
+  158572 requests in 3.00s, 57.92MB read
+  Socket errors: connect 0, read 2, write 0, timeout 1
+  Non-2xx or 3xx responses: 7
+Requests/sec:  52844.76
+Transfer/sec:     19.30MB
+"""
+
+
+def test_parse_wrk() -> None:
+    parsed = parse_wrk(WRK_OUTPUT)
+    assert parsed["rps"] == 52844.76
+    assert parsed["latency_ms"] == {"p50": 0.617, "p75": 1.02, "p90": 1.5, "p99": 3.35}
+    assert parsed["non_2xx"] == 7
+    assert parsed["socket_errors"] == 3
+    assert parse_wrk("garbage")["rps"] is None
+
+
+def test_wrk_script_sends_distinct_prompts_with_the_key() -> None:
+    script = wrk_script("abcd", "/v1/chat/completions", "tg-key")
+    assert "counter = counter + 1" in script
+    assert '"Bearer tg-key"' in script and "bench abcd wrk" in script
+    assert "Authorization" not in wrk_script("abcd", "/fast/v1/chat/completions", None)
+
+
+def test_parent_of_reads_stat_lines_with_odd_command_names() -> None:
+    assert parent_of("123 (python) S 45 123 123 0") == 45
+    assert parent_of("123 (my (odd) name) R 7 1 1 0") == 7
+
+
+def test_process_tree_and_rss_of_this_process() -> None:
+    assert process_tree(os.getpid())[0] == os.getpid()
+    assert rss_mb(os.getpid()) > 1
+    assert math.isnan(rss_mb(2**22 + 12345))  # above pid_max: no such process
+
+
+def _args(**overrides: object) -> argparse.Namespace:
+    values: dict[str, object] = {
+        "quick": False,
+        "only": None,
+        "skip": None,
+        "litellm_python": None,
+        "rates": None,
+        "max_rate": math.inf,
+        "big_tokens": 100_000,
+        "step_s": None,
+        "soak_s": None,
+        "soak_rate": None,
+    }
+    return argparse.Namespace(**(values | overrides))
+
+
+def test_plan_defaults_full_and_quick() -> None:
+    full = Plan.from_args(_args())
+    quick = Plan.from_args(_args(quick=True))
+    assert full.mode == "full" and quick.mode == "quick"
+    assert full.soak_s == 300.0  # the issue's 5 minutes
+    assert quick.soak_s < full.soak_s and quick.step_s < full.step_s
+    assert "litellm" not in full.sections  # only with --litellm-python
+    assert "litellm" in Plan.from_args(_args(litellm_python="/x/python")).sections
+    assert set(full.sections) == set(SECTIONS) - {"litellm"}
+
+
+def test_plan_flags() -> None:
+    plan = Plan.from_args(_args(only="latency,soak", skip="soak", soak_s=42.0, max_rate=1000))
+    assert plan.sections == ("latency",)
+    assert plan.soak_s == 42.0
+    assert max(plan.rates) == 1000
+    with pytest.raises(SystemExit, match="unknown sections"):
+        Plan.from_args(_args(only="latency,nonsense"))

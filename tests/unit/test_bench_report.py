@@ -1,0 +1,147 @@
+"""The harness's results: target verdicts, the markdown table, the files, the profile digest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from bench.profile import frame_name, top_functions
+from bench.report import dig, evaluate, markdown, write
+
+
+def results(**overrides: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "latency": {
+            "rounds": 300,
+            "direct_ms": {"p50": 0.07, "p90": 0.1, "p99": 0.2},
+            "gateway_ms": {"p50": 0.6, "p90": 0.8, "p99": 1.5},
+            "added_ms": {"p50": 0.53, "p90": 0.7, "p99": 1.3},
+        },
+        "throughput": {"best_rps": 2500.0, "steps": [], "method": "open-loop"},
+        "cache_hit": {"gateway_ms": {"p50": 0.4}, "served_from_cache": True},
+        "rss": {"idle_mb": 120.0, "after_soak_mb": 140.0},
+        "soak": {"growth_mb": 1.0, "seconds": 300, "rate": 1000},
+        "workers": {"ratio": 1.5, "best_rps": 3750.0},
+    }
+    return base | overrides
+
+
+def by_name(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {row["name"]: row for row in rows}
+
+
+def test_dig() -> None:
+    doc = {"a": {"b": [10, {"c": 3}]}}
+    assert dig(doc, "a.b.0") == 10
+    assert dig(doc, "a.b.1.c") == 3
+    assert dig(doc, "a.x") is None
+    assert dig(doc, "a.b.5") is None
+
+
+def test_evaluate_pass_fail_and_not_measured() -> None:
+    rows = by_name(evaluate(results(), nproc=8))
+    assert rows["added latency p50, 1 in flight"]["status"] == "pass"
+    assert rows["req/s per worker, added p99 <= 10 ms"]["status"] == "pass"
+    assert rows["2 workers / 1 worker"]["status"] == "fail"  # 1.5 < 1.7 with 8 cores
+    assert rows["x LiteLLM proxy's sustainable rate (same run)"]["status"] == "not measured"
+    assert rows["streaming added TTFT p50 (paced stub)"]["status"] == "not measured"
+    assert rows["RSS after soak, largest process"]["value"] == 140.0
+
+
+def test_worker_scaling_is_not_judged_on_two_cores() -> None:
+    rows = by_name(evaluate(results(), nproc=2))
+    assert rows["2 workers / 1 worker"]["status"] == "n/a (2 cores)"
+
+
+def test_a_fast_cache_answer_that_reached_the_upstream_is_not_a_hit() -> None:
+    missed = results(cache_hit={"gateway_ms": {"p50": 0.4}, "served_from_cache": False})
+    rows = by_name(evaluate(missed, nproc=8))
+    assert rows["cache hit p50, end to end"]["status"] == "fail (not served from cache)"
+
+
+def doc(**extra: Any) -> dict[str, Any]:
+    found = results()
+    return {
+        "mode": "quick",
+        "machine": {
+            "nproc": 2,
+            "cpu_model": "Test CPU",
+            "python": "3.11.7",
+            "kernel": "6.0",
+            "date_utc": "2026-01-01T00:00:00Z",
+            "git_commit": "0123456789abcdef",
+            "git_dirty": True,
+            "loadavg_start": [0.5, 0.4, 0.3],
+        },
+        "loadavg_end": [0.7, 0.5, 0.3],
+        "features": {
+            "policy": "full",
+            "declared": ["cache", "budgets"],
+            "observed": {"redis keys": 12},
+        },
+        "results": found,
+        "targets": evaluate(found, 2),
+        "errors": {},
+    } | extra
+
+
+def test_markdown_names_the_machine_and_tabulates_the_targets() -> None:
+    text = markdown(doc())
+    assert "2 cores (Test CPU)" in text and "Python 3.11.7" in text
+    assert "`0123456789ab` (dirty tree)" in text
+    assert "load average at start 0.50, at end 0.70" in text
+    assert "policy `full`, features on: cache, budgets" in text
+    assert "| added latency p50, 1 in flight | 0.53 ms | <= 1 | pass |" in text
+    assert "0.07 / 0.60 / **0.53**" in text  # direct / gateway / added
+    assert "**2,500 req/s**" in text
+    assert text.endswith("\n") and "interrupted" not in text
+
+
+def test_markdown_shows_interruptions_and_errors() -> None:
+    text = markdown(doc(interrupted=True, errors={"soak": "Boom: first line\nsecond line"}))
+    assert "interrupted: the results are partial" in text
+    assert "- **soak**: Boom: first line" in text
+    assert "```\nsecond line\n```" in text
+
+
+def test_markdown_of_an_empty_run_does_not_fail() -> None:
+    text = markdown({"results": {}, "targets": evaluate({}, 2)})
+    assert "not measured" in text
+
+
+def test_write_creates_both_files(tmp_path: Path) -> None:
+    json_path, md_path = write(doc(), tmp_path / "out")
+    assert orjson.loads(json_path.read_bytes())["mode"] == "quick"
+    assert md_path.read_text().startswith("# Tollgate benchmark results")
+
+
+COLLAPSED = """\
+main (gateway/__main__.py:7);run (uvicorn/server.py:86);Runner.run (asyncio/runners.py:118) 6
+handle (gateway/pipeline.py:88);count (gateway/tokens.py:12) 3
+handle (gateway/pipeline.py:90) 1
+not a sample line
+"""
+
+
+def test_top_functions_from_collapsed_stacks() -> None:
+    total, top = top_functions(COLLAPSED)
+    assert total == 10
+    rows = {row["function"]: row for row in top}
+    assert rows["Runner.run (asyncio/runners.py)"] == {
+        "function": "Runner.run (asyncio/runners.py)",
+        "self_pct": 60.0,
+        "total_pct": 60.0,
+    }
+    # Two lines of one function merge once the line numbers are dropped.
+    assert rows["handle (gateway/pipeline.py)"]["self_pct"] == 10.0
+    assert rows["handle (gateway/pipeline.py)"]["total_pct"] == 40.0
+    assert top[0]["function"] == "Runner.run (asyncio/runners.py)"
+    assert top_functions("") == (0, [])
+
+
+def test_frame_name_drops_line_numbers_and_install_paths() -> None:
+    assert frame_name("send (aiohttp/client.py:878)") == "send (aiohttp/client.py)"
+    long = "get (/work/main/.venv/lib/python3.11/site-packages/redis/client.py:12)"
+    assert frame_name(long) == "get (redis/client.py)"
