@@ -7,6 +7,7 @@ handlers reach it through ``gateway.api.deps``.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import random
 import signal
@@ -31,7 +32,7 @@ from gateway.budget import Limiter, MemoryLimiter, RedisLimiter
 from gateway.cache import PromptCache
 from gateway.db.engine import AsyncEngine, create_engine, ping, session_factory
 from gateway.db.migrate import upgrade
-from gateway.errors import GatewayError, InvalidRequest, NotFound
+from gateway.errors import ClientGone, GatewayError, InvalidRequest, NotFound
 from gateway.ledger.queries import SpendQueries
 from gateway.ledger.writer import LedgerWriter
 from gateway.metrics import Metrics
@@ -238,6 +239,11 @@ def create_app(settings: Settings, *, handle_signals: bool = False) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services = await build_services(settings)
         app.state.services = services
+        # Everything allocated so far lives as long as the process: move it out of the
+        # collector's sight, so full collections under load scan only request garbage (they took
+        # 70-80 ms with ~145k objects tracked, 1-2 ms after this).
+        gc.collect()
+        gc.freeze()
         await services.metrics.start()
         services.routing_sync.start()
         loop = asyncio.get_running_loop()
@@ -307,6 +313,8 @@ def _error_response(request: Request, error: GatewayError) -> Response:
 
 
 def _status_of(error: GatewayError) -> str:
+    if isinstance(error, ClientGone):
+        return "client_disconnect"
     if error.status == 429:
         return "rejected_rate" if error.type == "rate_limit_exceeded" else "rejected_budget"
     if error.status >= 500:

@@ -11,6 +11,7 @@
     ├── RateLimited                   429 rate_limit_exceeded
     ├── QuotaExceeded                 429 insufficient_quota
     ├── ServiceUnavailable            503 service_unavailable
+    ├── ClientGone                    499 client_disconnect (nobody is left to read it)
     └── UpstreamError                 502 upstream_error (status kept when the upstream gave one)
         ├── UpstreamConnectError      502 upstream_connect_error
         ├── UpstreamTimeout           504 upstream_timeout
@@ -110,6 +111,14 @@ class ServiceUnavailable(GatewayError):
     status = 503
     type = "service_unavailable"
     code = "service_unavailable"
+
+
+class ClientGone(GatewayError):
+    """The client disconnected before its request was read: logged and accounted, not answered."""
+
+    status = 499
+    type = "client_disconnect"
+    code = "client_disconnect"
 
 
 class UpstreamError(GatewayError):

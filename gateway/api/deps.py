@@ -6,9 +6,10 @@ import hmac
 from typing import TYPE_CHECKING
 
 from fastapi import Request
+from starlette.requests import ClientDisconnect
 
 from gateway.auth.resolver import Principal
-from gateway.errors import AuthenticationFailed, NotFound, PayloadTooLarge
+from gateway.errors import AuthenticationFailed, ClientGone, NotFound, PayloadTooLarge
 from gateway.record import RequestRecord
 
 if TYPE_CHECKING:
@@ -32,11 +33,14 @@ async def read_body(request: Request, limit: int) -> bytes:
         raise PayloadTooLarge(f"Request body of {declared} bytes exceeds the limit of {limit}.")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"Request body exceeds the limit of {limit} bytes.")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"Request body exceeds the limit of {limit} bytes.")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise ClientGone("The client disconnected while sending its request.") from None
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 

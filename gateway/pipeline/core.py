@@ -368,7 +368,9 @@ class Pipeline:
         charge = Charge(prompt + completion, price.cost_nanos(prompt, completion, cached))
         # The ledger records exactly what the budget was charged (nano-dollars, rounded up).
         record.cost_usd = charge.usd
-        await hold.settle(charge)
+        # Settling only gives back what the hold over-reserved, so the answer need not wait
+        # for it: the budget stays conservative until the settle lands a moment later.
+        self._background.spawn(hold.settle(charge))
         headers["x-tollgate-cost-usd"] = f"{record.cost_usd:.9f}"
         if cache_plan is not None:
             entry = PromptCache.entry_from_json(

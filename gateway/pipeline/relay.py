@@ -196,7 +196,8 @@ class StreamRelay:
 
     async def _complete(self) -> None:
         actual = self._actual()
-        await self._hold.settle(actual)
+        # Off the stream's critical path, like the JSON path (the hold is never too small).
+        self._background.spawn(self._hold.settle(actual))
         if self._cache_plan is not None and self._assembler is not None:
             entry = PromptCache.entry_from_stream(
                 self._cache_plan,

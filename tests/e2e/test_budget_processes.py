@@ -86,7 +86,17 @@ async def _fire(urls: list[str], key: str, count: int, max_tokens: int) -> Count
 
 
 async def _used(redis_url: str, prefix: str, policy: Path, team: str) -> dict[str, tuple[int, int]]:
-    """(used, reserved) per limit, read straight from Redis."""
+    """(used, reserved) per limit, read straight from Redis once the gateways' settlements
+    (sent just after each response) have landed."""
+    deadline = time.monotonic() + 10
+    while True:
+        found = await _read(redis_url, prefix, policy, team)
+        if all(reserved == 0 for _, reserved in found.values()) or time.monotonic() > deadline:
+            return found
+        await asyncio.sleep(0.05)
+
+
+async def _read(redis_url: str, prefix: str, policy: Path, team: str) -> dict[str, tuple[int, int]]:
     document = load_policy(policy).document
     plan = build_plan(team, document.teams[team], document.defaults)
     client = aioredis.from_url(redis_url)

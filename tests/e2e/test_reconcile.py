@@ -33,20 +33,21 @@ teams:
 async def test_reconcile_agrees_then_reports_drift(
     make_gateway: GatewayFactory,
     tmp_path: Path,
-    postgres_url: str,
+    fresh_postgres_url: str,
     redis_url: str,
     redis_prefix: str,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     gateway = await make_gateway(
-        POLICY, database_url=postgres_url, redis_url=redis_url, redis_prefix=redis_prefix
+        POLICY, database_url=fresh_postgres_url, redis_url=redis_url, redis_prefix=redis_prefix
     )
     client = gateway.client(KEY)
     for max_tokens in (3, 7, 11):
         await client.chat.completions.create(
             model="chat", messages=[{"role": "user", "content": "hi"}], max_tokens=max_tokens
         )
+    await gateway.services.background.drain()  # settlements follow the responses
     await gateway.services.ledger.flush()
     policy_dir = gateway.settings.policy
     monkeypatch.setenv("TOLLGATE_REDIS_PREFIX", redis_prefix)
@@ -59,7 +60,7 @@ async def test_reconcile_agrees_then_reports_drift(
         "--redis-url",
         redis_url,
         "--database-url",
-        postgres_url,
+        fresh_postgres_url,
         "--format",
         "json",
     ]
