@@ -82,6 +82,8 @@ class Services:
         if record.finished:
             return
         record.finished = True
+        if record.route is not None and record.slo_met is not None:
+            self.router.stats.judged(record.route, record.slo_met)
         if record.path.startswith("/v1/"):
             self.metrics.observe(record)
         if record.path in _LEDGERED:

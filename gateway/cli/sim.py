@@ -33,6 +33,7 @@ def run(args: argparse.Namespace) -> int:
     from gateway.sim.config import SimConfig
     from gateway.sim.engine import SimEngine
     from gateway.sim.server import serve
+    from gateway.tokens import count_text
 
     try:
         config = SimConfig().with_changes(
@@ -52,5 +53,8 @@ def run(args: argparse.Namespace) -> int:
     def listening(host: str, port: int) -> None:
         print(f"tollgate sim listening on http://{host}:{port}/v1", flush=True)
 
-    serve(SimEngine(config), args.host, args.port, on_listening=listening)
+    engine = SimEngine(config)
+    # Load the tokenizer now: a first answer 200 ms late would look like a slow pool.
+    count_text("warm up", config.model_name)
+    serve(engine, args.host, args.port, on_listening=listening)
     return 0

@@ -86,6 +86,5 @@ class Attempt:
             ttft_s=self.ttft_s,
             total_s=total_s,
             output_tokens=output_tokens,
-            slo_met=met,
         )
         self._breakers.success(self.deployment)

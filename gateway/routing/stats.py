@@ -371,6 +371,14 @@ class RoutingStats:
         if ok:
             stats.served[deployment] = stats.served.get(deployment, 0.0) + stats.scale
 
+    def judged(self, route: str, met: bool, now: float | None = None) -> None:
+        """One client request of ``route`` met its target or not: goodput counts requests, once
+        each, from their final outcome (a request that failed everywhere is a miss)."""
+        now = self.clock() if now is None else now
+        stats = self.route(route, now)
+        stats.advance(now)
+        stats.add(R_MET if met else R_MISSED)
+
     def decided(self, route: str, *, probe: bool, predicted_miss: bool, now: float) -> None:
         """The router planned a request of ``route`` (a probe, or one no candidate could meet)."""
         if not probe and not predicted_miss:
