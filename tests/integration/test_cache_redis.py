@@ -17,6 +17,8 @@ from gateway.cache.keys import lock_key
 from gateway.cache.service import CachePlan, PromptCache
 from gateway.cache.store import RedisCacheStore
 from gateway.policy.schema import PolicyDocument
+from tests.support.cache_upstream import SlowUpstream, answer
+from tests.support.cache_upstream import document as cached_route
 from tests.support.services import ThrowawayRedis
 
 CHAT = "chat/completions"
@@ -31,52 +33,11 @@ async def client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
 
 
 def document(**cache: Any) -> PolicyDocument:
-    return PolicyDocument.model_validate(
-        {
-            "providers": {"sim": {"type": "sim"}},
-            "models": {"m": {"provider": "sim", "model": "m"}},
-            "routes": {"chat": {"candidates": ["m"], "timeout_s": 10}},
-            "cache": cache,
-        }
-    )
-
-
-def answer(text: str) -> bytes:
-    return orjson.dumps(
-        {
-            "id": "chatcmpl-up",
-            "object": "chat.completion",
-            "created": 1,
-            "model": "m",
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": text},
-                    "finish_reason": "stop",
-                }
-            ],
-            "usage": {"prompt_tokens": 8, "completion_tokens": 2, "total_tokens": 10},
-        }
-    )
-
-
-class Upstream:
-    def __init__(self, delay_s: float = 0.05, failures: int = 0) -> None:
-        self.calls = 0
-        self.delay_s = delay_s
-        self.failures = failures
-
-    async def __call__(self) -> bytes:
-        self.calls += 1
-        await asyncio.sleep(self.delay_s)
-        if self.failures > 0:
-            self.failures -= 1
-            raise RuntimeError("upstream failed")
-        return answer(f"answer {self.calls}")
+    return cached_route(timeout_s=10, **cache)
 
 
 async def serve(
-    cache: PromptCache, doc: PolicyDocument, upstream: Upstream, team: str = "search"
+    cache: PromptCache, doc: PolicyDocument, upstream: SlowUpstream, team: str = "search"
 ) -> tuple[CachePlan, bytes]:
     plan = cache.plan(doc, "chat", CHAT, BODY, {}, team)
     assert plan is not None
@@ -108,12 +69,12 @@ async def test_entries_live_under_the_prefix_with_the_teams_hash_tag(
     client: aioredis.Redis, redis_prefix: str
 ) -> None:
     cache, doc = PromptCache(RedisCacheStore(client), redis_prefix), document(ttl_s=30)
-    plan, _ = await serve(cache, doc, Upstream(delay_s=0))
+    plan, _ = await serve(cache, doc, SlowUpstream(delay_s=0))
     assert plan.key.startswith(f"{redis_prefix}{{team:search}}:cache:")
     assert 0 < await client.pttl(plan.key) <= 30_000
     assert await client.exists(lock_key(plan.key)) == 0  # the leader's lock is gone
     shared = PromptCache(RedisCacheStore(client), redis_prefix)
-    shared_plan, _ = await serve(shared, document(scope="shared"), Upstream(delay_s=0))
+    shared_plan, _ = await serve(shared, document(scope="shared"), SlowUpstream(delay_s=0))
     assert shared_plan.key.startswith(f"{redis_prefix}cache:")
 
 
@@ -121,7 +82,7 @@ async def test_hit_miss_and_other_team(client: aioredis.Redis, redis_prefix: str
     cache, doc, upstream = (
         PromptCache(RedisCacheStore(client), redis_prefix),
         document(),
-        Upstream(0),
+        SlowUpstream(0),
     )
     first, body = await serve(cache, doc, upstream)
     second, again = await serve(cache, doc, upstream)
@@ -139,7 +100,7 @@ def strip_stamp(raw: bytes) -> dict[str, Any]:
 
 async def test_max_entry_bytes_in_redis(client: aioredis.Redis, redis_prefix: str) -> None:
     cache, doc = PromptCache(RedisCacheStore(client), redis_prefix), document(max_entry_bytes=100)
-    plan, _ = await serve(cache, doc, Upstream(0))
+    plan, _ = await serve(cache, doc, SlowUpstream(0))
     assert await client.exists(plan.key) == 0
     assert await client.exists(lock_key(plan.key)) == 0
 
@@ -159,7 +120,7 @@ async def test_redis_down_means_misses_and_no_errors(caplog: pytest.LogCaptureFi
         connection = aioredis.from_url(server.url, socket_connect_timeout=0.5, socket_timeout=0.5)
         try:
             store = RedisCacheStore(connection, retry_after_s=0.2)
-            cache, doc, upstream = PromptCache(store, "tg:"), document(), Upstream(0)
+            cache, doc, upstream = PromptCache(store, "tg:"), document(), SlowUpstream(0)
             plan, _ = await serve(cache, doc, upstream)
             assert plan.status == "miss" and await store.get(plan.key) is not None
             server.kill()
@@ -186,7 +147,7 @@ async def test_redis_down_means_misses_and_no_errors(caplog: pytest.LogCaptureFi
 async def test_single_flight_across_two_replicas(client: aioredis.Redis, redis_prefix: str) -> None:
     one = PromptCache(RedisCacheStore(client), redis_prefix)
     two = PromptCache(RedisCacheStore(client), redis_prefix)
-    doc, upstream = document(), Upstream(delay_s=0.2)
+    doc, upstream = document(), SlowUpstream(delay_s=0.2)
     results = await asyncio.gather(
         *(serve(replica, doc, upstream) for _ in range(25) for replica in (one, two))
     )
@@ -199,7 +160,7 @@ async def test_leader_failure_on_one_replica_lets_the_other_take_over(
 ) -> None:
     one = PromptCache(RedisCacheStore(client), redis_prefix)
     two = PromptCache(RedisCacheStore(client), redis_prefix)
-    doc, upstream = document(), Upstream(delay_s=0.1, failures=1)
+    doc, upstream = document(), SlowUpstream(delay_s=0.1, failures=1)
     first = asyncio.create_task(serve(one, doc, upstream))
     # Until replica one holds the lock and is calling upstream (a counter, not an event, is
     # what the fake upstream exposes).

@@ -16,56 +16,10 @@ from gateway.policy.schema import PolicyDocument
 from gateway.providers.base import Endpoint
 from gateway.sim.config import SimConfig
 from gateway.sim.engine import SimEngine, SimStream
+from tests.support.cache_upstream import SlowUpstream, answer, document
 
 CHAT = "chat/completions"
 BODY = {"model": "chat", "messages": [{"role": "user", "content": "hi"}], "temperature": 0}
-
-
-def document(timeout_s: float = 30, **cache: Any) -> PolicyDocument:
-    return PolicyDocument.model_validate(
-        {
-            "providers": {"sim": {"type": "sim"}},
-            "models": {"m": {"provider": "sim", "model": "m"}},
-            "routes": {"chat": {"candidates": ["m"], "timeout_s": timeout_s}},
-            "cache": cache,
-        }
-    )
-
-
-def answer(text: str) -> bytes:
-    return orjson.dumps(
-        {
-            "id": "chatcmpl-up",
-            "object": "chat.completion",
-            "created": 1,
-            "model": "m",
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": text},
-                    "finish_reason": "stop",
-                }
-            ],
-            "usage": {"prompt_tokens": 8, "completion_tokens": 2, "total_tokens": 10},
-        }
-    )
-
-
-class SlowUpstream:
-    """A real coroutine that takes a while and counts its calls; may be told to fail."""
-
-    def __init__(self, delay_s: float = 0.05, failures: int = 0) -> None:
-        self.calls = 0
-        self.delay_s = delay_s
-        self.failures = failures
-
-    async def __call__(self) -> bytes:
-        self.calls += 1
-        await asyncio.sleep(self.delay_s)
-        if self.failures > 0:
-            self.failures -= 1
-            raise RuntimeError("upstream failed")
-        return answer(f"answer {self.calls}")
 
 
 async def serve(

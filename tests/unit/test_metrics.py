@@ -46,6 +46,29 @@ async def scrape(metrics: Metrics) -> Samples:
     return samples
 
 
+# Every metric family the metrics issue names (counters without their _total suffix).
+EXPORTED_FAMILIES = {
+    "tollgate_requests",
+    "tollgate_tokens",
+    "tollgate_cost_usd",
+    "tollgate_cost_saved_usd",
+    "tollgate_ttft_seconds",
+    "tollgate_time_per_output_token_seconds",
+    "tollgate_request_duration_seconds",
+    "tollgate_gateway_overhead_seconds",
+    "tollgate_slo_requests",
+    "tollgate_goodput_ratio",
+    "tollgate_cache_requests",
+    "tollgate_budget_rejections",
+    "tollgate_budget_remaining",
+    "tollgate_upstream_errors",
+    "tollgate_breaker_open",
+    "tollgate_in_flight",
+    "tollgate_ledger_backlog",
+    "tollgate_ledger_lag_seconds",
+}
+
+
 def value(samples: Samples, name: str, **labels: str) -> float:
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
@@ -397,27 +420,7 @@ async def test_get_metrics_serves_the_text_format() -> None:
     assert answer.status_code == 200
     assert answer.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
     names = {f.name for f in text_string_to_metric_families(answer.text)}
-    expected = {
-        "tollgate_requests",
-        "tollgate_tokens",
-        "tollgate_cost_usd",
-        "tollgate_cost_saved_usd",
-        "tollgate_ttft_seconds",
-        "tollgate_time_per_output_token_seconds",
-        "tollgate_request_duration_seconds",
-        "tollgate_gateway_overhead_seconds",
-        "tollgate_slo_requests",
-        "tollgate_goodput_ratio",
-        "tollgate_cache_requests",
-        "tollgate_budget_rejections",
-        "tollgate_budget_remaining",
-        "tollgate_upstream_errors",
-        "tollgate_breaker_open",
-        "tollgate_in_flight",
-        "tollgate_ledger_backlog",
-        "tollgate_ledger_lag_seconds",
-    }
-    assert expected <= names
+    assert names >= EXPORTED_FAMILIES
 
 
 def test_buckets_span_the_ranges() -> None:
