@@ -18,7 +18,14 @@ from gateway.budget.estimate import (
     completion_limit,
     estimate,
 )
-from gateway.budget.limiter import BudgetUnavailable, Limiter, Settlement
+from gateway.budget.limiter import (
+    BudgetUnavailable,
+    Fill,
+    Limiter,
+    Probe,
+    Probed,
+    Settlement,
+)
 from gateway.budget.memory_limiter import MemoryLimiter
 from gateway.budget.plan import (
     BudgetPlan,
@@ -37,10 +44,13 @@ __all__ = [
     "BudgetUnavailable",
     "Charge",
     "Completion",
+    "Fill",
     "LimitSpec",
     "Limiter",
     "MemoryLimiter",
     "PlanCache",
+    "Probe",
+    "Probed",
     "RedisLimiter",
     "Refusal",
     "Settlement",

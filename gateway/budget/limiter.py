@@ -7,6 +7,7 @@ Every operation is one atomic step on the store (one Lua call in Redis)::
     settle(plan, request_id, actual)                           release the hold, charge the usage
     release(plan, request_id)                                  failed before any token: give back
     count_hit(plan, key_id, charge)                            a cache hit: rpm (+ usage if asked)
+    reserve_probing(..., probe)                                reserve unless a key holds a value
     charge(plan, key_id, actual)                               usage that was never reserved
     snapshot(plan, key_id)                                     used / reserved / remaining
 
@@ -15,6 +16,11 @@ limit); a settled request is charged what it really used, even past the limit. R
 expire ``timeout_s`` (+ a margin) after they were made, so a gateway that dies holds nothing for
 long; an expired reservation is remembered for ``late_settle_s`` so that a settle arriving late
 (a stream that outlived the timeout) still charges the usage.
+
+``reserve_probing`` (Redis only, :attr:`Limiter.probes`) reads a key of the caller's under the
+team's hash tag in the same atomic step as a reserve: the prompt cache's entry, so that a cache
+miss costs one round trip for the lookup and the reservation together. ``settle`` can likewise
+write that key and drop the probe's lock (:class:`Fill`) in its own round trip.
 
 This base class builds the keys and arguments; subclasses only run the four scripts
 (``lua/*.lua``, or their Python port in ``memory_limiter.py``) over identical inputs.
@@ -25,6 +31,7 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
@@ -33,7 +40,7 @@ from gateway.budget.plan import UNIT_CODES, BudgetPlan, Charge, LimitSpec
 from gateway.budget.windows import WindowClock, WindowKind
 from gateway.errors import ServiceUnavailable
 
-Arg = str | int | float
+Arg = str | int | float | bytes
 
 
 class BudgetUnavailable(ServiceUnavailable):
@@ -48,6 +55,47 @@ class Settlement(IntEnum):
     NONE = 0  # no such reservation: already settled or released (a no-op), or never made
     DONE = 1
     LATE = 2  # the reservation had expired (its hold was given back): only the usage was charged
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """A key to read before reserving, and the lock to take beside it on a miss.
+
+    Both keys must carry the team's hash tag (``{team:<name>}``), like the budget's own keys.
+    """
+
+    key: str
+    lock: str
+    token: str  # the lock's value: only its holder may drop it
+    lock_ms: int
+    count_hit: bool  # a hit counts against rpm in the same step (False: the caller charges it)
+
+
+@dataclass(frozen=True, slots=True)
+class Probed:
+    """What :meth:`Limiter.reserve_probing` found.
+
+    ``value`` set: the key held it; nothing was reserved (``admission`` is the hit's when
+    ``count_hit``, else None). ``value`` None and ``locked``: the lock is the caller's and
+    ``admission`` is the reserve's (a refused reserve gave the lock back: ``locked`` is False
+    then). Neither: another caller holds the lock; nothing changed.
+    """
+
+    value: bytes | None
+    admission: Admission | None
+    locked: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Fill:
+    """After a probed miss: write ``value`` (if any) under the probe key, then drop the lock
+    if it still holds ``token``, in the same step as the settle."""
+
+    key: str
+    lock: str
+    token: str
+    value: bytes | None
+    ttl_ms: int
 
 
 class _Layout:
@@ -109,6 +157,7 @@ class Limiter(ABC):
     """
 
     backend = "abstract"
+    probes = False  # whether reserve_probing and settle's fill are supported
     _MAX_LAYOUTS = 10_000
 
     def __init__(
@@ -156,6 +205,37 @@ class Limiter(ABC):
             "r", request_id, plan, key_id, estimate, timeout_s + self.hold_margin_s, now
         )
 
+    async def reserve_probing(
+        self,
+        request_id: str,
+        plan: BudgetPlan,
+        key_id: str | None,
+        estimate: Charge,
+        probe: Probe,
+        *,
+        timeout_s: float,
+        now: float | None = None,
+    ) -> Probed:
+        """:meth:`reserve`, unless ``probe.key`` holds a value (see :class:`Probed`).
+
+        Only where :attr:`probes` is true, and only for a limited plan (an unlimited one has
+        no round trip to share).
+        """
+        if not self.probes or plan.unlimited:
+            raise NotImplementedError("reserve_probing needs a probing store and a limited plan")
+        now = time.time() if now is None else now
+        layout = self._layout(plan, key_id)
+        layout.at(now, self._clock)
+        hold_s = timeout_s + self.hold_margin_s
+        args = self._admit_args(layout, request_id, now, hold_s, estimate, "r")
+        args += [probe.token, probe.lock_ms, "1" if probe.count_hit else "0"]
+        value, values = await self._admit_probing([*layout.keys, probe.key, probe.lock], args)
+        if not values:
+            return Probed(value, None, False)
+        amount = Charge() if value is not None else estimate
+        admission = Admission(plan.team, layout.specs, layout.ends, values, now, amount)
+        return Probed(value, admission, value is None and admission.admitted)
+
     async def extend(
         self,
         plan: BudgetPlan,
@@ -187,14 +267,25 @@ class Limiter(ABC):
         ]
         return await self._extend([layout.res, layout.exp], args) == 1
 
-    async def settle(self, plan: BudgetPlan, request_id: str, actual: Charge) -> Settlement:
+    async def settle(
+        self, plan: BudgetPlan, request_id: str, actual: Charge, fill: Fill | None = None
+    ) -> Settlement:
         """Release the reservation and charge ``actual`` to the windows it was made in (even past
-        their limit). Idempotent: a second settle finds nothing and changes nothing."""
-        if plan.unlimited:
+        their limit). Idempotent: a second settle finds nothing and changes nothing.
+
+        ``fill`` (probing stores only) completes a probed miss in the same step.
+        """
+        if plan.unlimited and fill is None:
             return Settlement.NONE
         layout = self._layout(plan, None)
+        keys = [layout.res, layout.exp]
         args: list[Arg] = [request_id, actual.tokens, actual.nano_usd, "s"]
-        return Settlement(await self._settle([layout.res, layout.exp], args))
+        if fill is not None:
+            if not self.probes:
+                raise NotImplementedError("a fill needs a probing store")
+            keys += [fill.key, fill.lock]
+            args += [fill.token, fill.value or b"", fill.ttl_ms]
+        return Settlement(await self._settle(keys, args))
 
     async def release(self, plan: BudgetPlan, request_id: str) -> Settlement:
         """Give the reservation back, charging nothing (the request failed before any token)."""
@@ -291,7 +382,15 @@ class Limiter(ABC):
         layout = self._layout(plan, key_id)
         layout.at(now, self._clock)
         keys, ends = layout.keys, layout.ends
-        args: list[Arg] = [
+        values = await self._admit(
+            keys, self._admit_args(layout, request_id, now, hold_s, amount, mode)
+        )
+        return Admission(plan.team, layout.specs, ends, values, now, amount)
+
+    def _admit_args(
+        self, layout: _Layout, request_id: str, now: float, hold_s: float, amount: Charge, mode: str
+    ) -> list[Arg]:
+        return [
             request_id,
             now,
             now + hold_s,
@@ -304,13 +403,17 @@ class Limiter(ABC):
             layout.spec_arg,
             layout.ends_arg,
         ]
-        values = await self._admit(keys, args)
-        return Admission(plan.team, layout.specs, ends, values, now, amount)
 
     # --- the store: four scripts over identical inputs (see lua/*.lua for the layouts) ------
 
     @abstractmethod
     async def _admit(self, keys: list[str], args: list[Arg]) -> Sequence[int | bytes]: ...
+
+    async def _admit_probing(
+        self, keys: list[str], args: list[Arg]
+    ) -> tuple[bytes | None, Sequence[int | bytes]]:
+        """admit.lua with a probe: (the probe key's value, the admission's values or ())."""
+        raise NotImplementedError
 
     @abstractmethod
     async def _settle(self, keys: list[str], args: list[Arg]) -> int: ...

@@ -66,6 +66,7 @@ class RedisLimiter(Limiter):
     """Budgets and rate limits kept in Redis, shared by every gateway process that uses it."""
 
     backend = "redis"
+    probes = True
 
     def __init__(
         self,
@@ -124,6 +125,16 @@ class RedisLimiter(Limiter):
             found = found.encode()
         values: list[bytes] = found.split(b",")
         return values
+
+    async def _admit_probing(
+        self, keys: list[str], args: list[Arg]
+    ) -> tuple[bytes | None, list[bytes]]:
+        value, found = await self._call(self._admit_script, keys, args)
+        if isinstance(found, str):
+            found = found.encode()
+        if isinstance(value, str):
+            value = value.encode()
+        return (value or None), (found.split(b",") if found else [])
 
     async def _settle(self, keys: list[str], args: list[Arg]) -> int:
         return int(await self._call(self._settle_script, keys, args))

@@ -8,6 +8,13 @@ controls), ``store`` (Redis / in-process), ``flight`` (single flight), ``entry``
 
 from gateway.cache.entry import CacheEntry
 from gateway.cache.policy import STATUS_HEADER, CacheSettings
-from gateway.cache.service import CachePlan, PromptCache
+from gateway.cache.service import CachePlan, PendingWrite, PromptCache
 
-__all__ = ["STATUS_HEADER", "CacheEntry", "CachePlan", "CacheSettings", "PromptCache"]
+__all__ = [
+    "STATUS_HEADER",
+    "CacheEntry",
+    "CachePlan",
+    "CacheSettings",
+    "PendingWrite",
+    "PromptCache",
+]

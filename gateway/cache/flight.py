@@ -29,16 +29,24 @@ class Ticket:
         self.key = key
         self.leader = leader
 
-    def finish(self, entry: bytes | None) -> None:
+    def finish(self, entry: bytes | None, *, linger: bool = False) -> None:
         """Leader only: hand ``entry`` (None = failed) to the followers and end the flight.
 
-        Idempotent, so an error path may call it again with None without harm.
+        ``linger`` keeps a finished flight with an entry joinable, so identical requests get
+        that entry at once, until :meth:`forget`: while the entry's write to a shared store is
+        still on its way, they would otherwise miss it there. Idempotent, so an error path may
+        call it again with None without harm.
         """
         if not self.leader or self._future.done():
             return
+        if not (linger and entry is not None):
+            self.forget()
+        self._future.set_result(entry)
+
+    def forget(self) -> None:
+        """End a lingering flight (its entry is in the store now, or never will be)."""
         if self._flights.get(self.key) is self._future:
             del self._flights[self.key]
-        self._future.set_result(entry)
 
     async def wait(self, timeout_s: float) -> bytes | None:
         """Follower only: the leader's entry, or None if it failed or took over ``timeout_s``."""

@@ -6,8 +6,14 @@ request::
     plan = cache.plan(document, route, endpoint, body, headers, team)   # pure; None: no caching
     hit = await cache.lookup(plan)       # one store round trip (in-process followers: none)
     if hit: serve cache.replay_json(hit) / cache.replay_stream(hit, ...)
-    else:   call upstream; then await cache.store(plan, entry_bytes_or_None) before answering,
+    else:   call upstream; then pending = cache.finish(plan, entry_bytes_or_None) before
+            answering and await cache.write(pending) after it (cache.store does both),
             or cache.abandon(plan) when it failed
+
+Probing (``lookup(plan, probe=True)``): a leader's Redis read is left to the caller, who does it
+in the same round trip as the budget's reserve (``probe_token``), then hands the outcome to
+:meth:`PromptCache.probed`. The pending write of a probed miss can likewise ride along with the
+budget's settle (``PendingWrite.beside_budget``).
 
 Single flight: a miss that will store leads the flight for its key and its identical
 contemporaries follow it (they get its entry without a store round trip). With Redis, the leader
@@ -24,6 +30,7 @@ import asyncio
 import secrets
 import time
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -50,10 +57,34 @@ from gateway.cache.store import CacheStore, MemoryCacheStore, RedisCacheStore
 POLL_S = 0.02  # how often a replica waiting on another replica's leader looks for the entry
 
 
+@dataclass(frozen=True, slots=True)
+class PendingWrite:
+    """An entry (or only a lock release) still to reach the store; see :meth:`PromptCache.write`."""
+
+    key: str
+    lock: str
+    token: str | None  # the single-flight lock to drop if still ours (None: no lock held)
+    value: bytes | None
+    ttl_ms: int
+    # The key is the team's (its hash tag): the budget's settle can carry this write.
+    beside_budget: bool
+    ticket: Ticket | None  # a lingering flight, forgotten once the write is done
+
+
 class CachePlan:
     """One request's use of the cache; ``status`` is the ``x-tollgate-cache`` header value."""
 
-    __slots__ = ("decision", "hit", "key", "kind", "lock_token", "settings", "status", "ticket")
+    __slots__ = (
+        "decision",
+        "hit",
+        "key",
+        "kind",
+        "lock_token",
+        "probe_token",
+        "settings",
+        "status",
+        "ticket",
+    )
 
     def __init__(
         self, settings: CacheSettings, decision: CacheDecision, key: str, kind: int
@@ -66,6 +97,18 @@ class CachePlan:
         self.hit: CacheEntry | None = None
         self.ticket: Ticket | None = None
         self.lock_token: str | None = None
+        # Set by lookup(probe=True): the lock token to read the entry with, in the caller's
+        # own round trip; cleared by probed().
+        self.probe_token: str | None = None
+
+    @property
+    def lock(self) -> str:
+        """The single-flight lock's key, beside the entry."""
+        return lock_key(self.key)
+
+    @property
+    def lock_ms(self) -> int:
+        return _ms(self.settings.wait_s)
 
     @property
     def writes(self) -> bool:
@@ -126,11 +169,16 @@ class PromptCache:
             key = cache_key(self.prefix, settings.scope, team, digest)
         return CachePlan(settings, decision, key, entries.kind_of(endpoint))
 
-    async def lookup(self, plan: CachePlan) -> CacheEntry | None:
+    async def lookup(self, plan: CachePlan, *, probe: bool = False) -> CacheEntry | None:
         """The cached answer, or None: then call upstream and :meth:`store` or :meth:`abandon`.
 
         Waits (at most the route's ``timeout_s``) for an identical request already in flight.
         Never raises for the store's sake.
+
+        ``probe``: when this request leads its flight, has a team-scoped key and Redis holds
+        the cache, return None without reading Redis and leave ``plan.probe_token`` set: the
+        caller reads the entry (taking the lock) in its own round trip, then calls
+        :meth:`probed`.
         """
         if not plan.decision.read:
             return None
@@ -143,6 +191,10 @@ class PromptCache:
         if not ticket.leader:
             return self._found(plan, await ticket.wait(plan.settings.wait_s))
         plan.ticket = ticket  # ours to end: here on a hit, else by store() or abandon()
+        locks = self._locks
+        if probe and locks is not None and locks.available and plan.settings.scope == "team":
+            plan.probe_token = secrets.token_hex(8)
+            return None
         try:
             raw = await self._read_as_leader(plan)
         except BaseException:
@@ -154,15 +206,62 @@ class PromptCache:
             plan.ticket = None
         return found
 
-    async def _read_as_leader(self, plan: CachePlan) -> bytes | None:
+    async def probed(
+        self, plan: CachePlan, value: bytes | None, *, locked: bool, busy: bool
+    ) -> CacheEntry | None:
+        """The outcome of the caller's probe: ``value`` (a hit), or a miss with the lock taken
+        (``locked``), held by another replica (``busy``: wait for its entry as :meth:`lookup`
+        does), or neither (Redis did not answer: go ahead alone)."""
+        token, plan.probe_token = plan.probe_token, None
+        ticket = plan.ticket
+        if token is None or ticket is None:
+            return None
+        try:
+            if busy:
+                value = await self._read_as_leader(plan, first=(None, False))
+            elif locked:
+                plan.lock_token = token
+        except BaseException:
+            self.abandon(plan)
+            raise
+        found = self._found(plan, value)
+        if found is not None:
+            ticket.finish(value)
+            plan.ticket = None
+        return found
+
+    async def lookup_unprobed(self, plan: CachePlan) -> CacheEntry | None:
+        """Look up as :meth:`lookup` would have, for a plan whose probe never ran (the caller
+        made no reservation to carry it)."""
+        if plan.probe_token is None:
+            return None
+        plan.probe_token = None
+        ticket = plan.ticket
+        try:
+            raw = await self._read_as_leader(plan)
+        except BaseException:
+            self.abandon(plan)
+            raise
+        found = self._found(plan, raw)
+        if found is not None and ticket is not None:
+            ticket.finish(raw)
+            plan.ticket = None
+        return found
+
+    async def _read_as_leader(
+        self, plan: CachePlan, first: tuple[bytes | None, bool] | None = None
+    ) -> bytes | None:
         locks = self._locks
         if locks is None:
             return await self.backend.get(plan.key)
         token = secrets.token_hex(8)
-        lock = lock_key(plan.key)
+        lock = plan.lock
         lock_s = plan.settings.wait_s
         deadline = time.monotonic() + plan.settings.wait_s
-        raw, held = await locks.claim(plan.key, lock, token, lock_s)
+        if first is None:
+            raw, held = await locks.claim(plan.key, lock, token, lock_s)
+        else:
+            raw, held = first  # the caller's probe already read it once
         # Another replica is calling upstream for this key: wait for its entry, or for its
         # lock to go (it failed), in which case the claim makes us the one to call upstream.
         while raw is None and not held and time.monotonic() < deadline:
@@ -181,22 +280,63 @@ class PromptCache:
         return found
 
     async def store(self, plan: CachePlan, entry: bytes | None) -> None:
+        """:meth:`finish` and :meth:`write` in one (the write awaited)."""
+        pending = self.finish(plan, entry)
+        if pending is not None:
+            await self.write(pending)
+
+    def finish(self, plan: CachePlan, entry: bytes | None) -> PendingWrite | None:
         """Keep ``entry`` (from :meth:`entry_from_json` / :meth:`entry_from_stream`; None when
-        there is nothing to keep) and end the flight. Call before the response completes."""
+        there is nothing to keep) and end the flight, before the response completes.
+
+        Followers get the entry at once; identical requests arriving until the write is done
+        get it from this process too. What is left for a shared store comes back as a
+        :class:`PendingWrite`, for :meth:`write` (or the budget's settle) after the response.
+        """
         keep = entry
         if keep is not None and (not plan.writes or len(keep) > plan.settings.max_entry_bytes):
             keep = None
-        # Followers first: they take the bytes from memory, not from the store.
-        if plan.ticket is not None:
-            plan.ticket.finish(keep)
-            plan.ticket = None
         token, plan.lock_token = plan.lock_token, None
-        if token is not None and self._locks is not None:
-            await self._locks.release(
-                plan.key, lock_key(plan.key), token, keep, plan.decision.ttl_s
-            )
-        elif keep is not None:
-            await self.backend.put(plan.key, keep, plan.decision.ttl_s)
+        ticket, plan.ticket = plan.ticket, None
+        if isinstance(self.backend, MemoryCacheStore):
+            if keep is not None:
+                self.backend.put_now(plan.key, keep, plan.decision.ttl_s)
+            if ticket is not None:
+                ticket.finish(keep)
+            return None
+        # Followers first: they take the bytes from memory, not from the store.
+        if ticket is not None:
+            ticket.finish(keep, linger=True)
+        if token is None and keep is None:
+            return None
+        return PendingWrite(
+            plan.key,
+            plan.lock,
+            token,
+            keep,
+            _ms(plan.decision.ttl_s),
+            beside_budget=token is not None and plan.settings.scope == "team",
+            ticket=ticket if keep is not None else None,
+        )
+
+    async def write(self, pending: PendingWrite) -> None:
+        """Put a pending entry in the store and drop its lock (if still ours); never raises
+        for the store's sake."""
+        try:
+            if pending.token is not None and self._locks is not None:
+                await self._locks.release(
+                    pending.key, pending.lock, pending.token, pending.value, pending.ttl_ms / 1000
+                )
+            elif pending.value is not None:
+                await self.backend.put(pending.key, pending.value, pending.ttl_ms / 1000)
+        finally:
+            self.written(pending)
+
+    @staticmethod
+    def written(pending: PendingWrite) -> None:
+        """The pending write is done (by :meth:`write` or along with the budget's settle)."""
+        if pending.ticket is not None:
+            pending.ticket.forget()
 
     def abandon(self, plan: CachePlan) -> None:
         """No answer to keep (upstream failed, client left): release the followers now.
@@ -207,10 +347,11 @@ class PromptCache:
         if plan.ticket is not None:
             plan.ticket.finish(None)
             plan.ticket = None
+        plan.probe_token = None  # a probe's lock, if taken, is ours only once probed() said so
         token, plan.lock_token = plan.lock_token, None
         if token is not None and self._locks is not None:
             task = asyncio.get_running_loop().create_task(
-                self._locks.release(plan.key, lock_key(plan.key), token)
+                self._locks.release(plan.key, plan.lock, token)
             )
             self._background.add(task)
             task.add_done_callback(self._background.discard)
@@ -282,3 +423,7 @@ class PromptCache:
         """Let background lock releases finish (at shutdown)."""
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
+
+
+def _ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))

@@ -11,7 +11,7 @@ import contextlib
 from collections.abc import Coroutine
 from typing import Any
 
-from gateway.budget import BudgetPlan, BudgetUnavailable, Charge, Limiter
+from gateway.budget import BudgetPlan, BudgetUnavailable, Charge, Fill, Limiter, Probe, Probed
 from gateway.record import RequestRecord
 
 
@@ -42,6 +42,39 @@ class Hold:
         self.held = estimate
         return admission.headers()
 
+    @property
+    def probes(self) -> bool:
+        """Whether :meth:`reserve_probing` can carry a cache lookup (Redis, a limited plan)."""
+        return self._limiter.probes and not self._plan.unlimited
+
+    async def reserve_probing(
+        self, estimate: Charge, timeout_s: float, probe: Probe
+    ) -> tuple[Probed | None, dict[str, str]]:
+        """:meth:`reserve` unless ``probe.key`` holds a value, in one round trip: what was found
+        (None when the store did not answer; the team's ``on_redis_down`` applied) and the
+        rate-limit headers. Raises the 429 to send, for a refused reserve or hit."""
+        record = self._record
+        try:
+            found = await self._limiter.reserve_probing(
+                record.request_id,
+                self._plan,
+                record.key_id,
+                estimate,
+                probe,
+                timeout_s=timeout_s,
+            )
+        except BudgetUnavailable as exc:
+            self._outage(exc)
+            return None, {}
+        admission = found.admission
+        if admission is None:
+            return found, {}
+        if not admission.admitted:
+            raise admission.error()
+        if found.locked:
+            self.held = estimate
+        return found, admission.headers()
+
     async def count_hit(self, charge: Charge | None) -> dict[str, str]:
         """A cache hit: rpm (and, with ``count_hits``, the tokens) without a hold."""
         try:
@@ -70,16 +103,20 @@ class Hold:
             self.held = estimate
         return grown
 
-    async def settle(self, actual: Charge) -> None:
-        """Charge what was used and drop the hold (idempotent by request id in the store)."""
+    async def settle(self, actual: Charge, fill: Fill | None = None) -> bool:
+        """Charge what was used and drop the hold (idempotent by request id in the store).
+
+        ``fill`` rides along when there is a hold to settle; True when it was carried out."""
         held, self.held = self.held, None
         # An outage is logged by the limiter. The hold then expires by itself; the ledger keeps
         # the usage and `tollgate reconcile` shows the difference.
         with contextlib.suppress(BudgetUnavailable):
             if held is not None:
-                await self._limiter.settle(self._plan, self._record.request_id, actual)
-            elif self.unenforced and (actual.tokens or actual.nano_usd):
+                await self._limiter.settle(self._plan, self._record.request_id, actual, fill)
+                return fill is not None
+            if self.unenforced and (actual.tokens or actual.nano_usd):
                 await self._limiter.charge(self._plan, self._record.key_id, actual)
+        return False
 
     def release(self) -> Coroutine[Any, Any, None]:
         """Nothing was generated: nothing is charged, and the record says so at once (the

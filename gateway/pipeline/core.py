@@ -4,12 +4,16 @@
 
     resolve the route          policy snapshot taken once      pure
     token budgeting            budget.completion_limit         pure (may clamp max_tokens)
-    cache lookup               cache                           1 Redis round trip (hit: rpm only)
+    single flight              cache                           in process
     count prompt tokens        tokens                          CPU; big prompts off the loop
     choose deployments         routing                         pure, over in-memory stats
-    reserve                    budget (Hold)                   1 Redis round trip (Lua)
+    cache lookup + reserve     budget (Hold) + cache           1 Redis round trip (one Lua call)
     call the upstream          providers.<kind>                failover re-enters extend/call
-    settle, cache, ledger      Hold / cache / finish           before the response completes
+    ledger                     finish                          before the response completes
+    settle + cache write       closing                         1 Redis round trip, after it
+
+The cache lookup rides in the reserve's Lua call when the store can carry it (Redis, a team-scoped
+cache key, a limited budget plan); otherwise it is a round trip of its own before counting.
 
 The pipeline never imports the web framework: it returns a :class:`JsonResult` or a
 :class:`StreamResult` and the API layer renders it.
@@ -32,6 +36,7 @@ from gateway.budget import (
     Completion,
     Limiter,
     PlanCache,
+    Probe,
     completion_limit,
 )
 from gateway.cache import CachePlan, PromptCache
@@ -47,6 +52,7 @@ from gateway.metrics import Metrics
 from gateway.pipeline.accounting import Hold
 from gateway.pipeline.attempts import Attempt
 from gateway.pipeline.background import Background
+from gateway.pipeline.closing import settle_and_write
 from gateway.pipeline.options import RequestOptions, parse_options
 from gateway.pipeline.relay import StreamRelay
 from gateway.pipeline.results import JsonResult, StreamResult
@@ -133,7 +139,7 @@ class Pipeline:
         if cache_plan is not None:
             record.cache = cache_plan.status
             out_headers["x-tollgate-cache"] = cache_plan.status
-            hit = await self._cache.lookup(cache_plan)
+            hit = await self._cache.lookup(cache_plan, probe=hold.probes)
             if hit is not None:
                 return await self._serve_hit(
                     cache_plan, hit, hold, record, out_headers, stream, client_wants_usage
@@ -191,14 +197,18 @@ class Pipeline:
         headers: dict[str, str],
         stream: bool,
         client_wants_usage: bool,
+        counted: bool = False,
     ) -> JsonResult | StreamResult:
-        """A cached answer: no reservation and no upstream tokens; rpm still applies."""
-        charge = (
-            Charge(hit.prompt_tokens + hit.completion_tokens, 0)
-            if plan.settings.count_hits
-            else None
-        )
-        headers.update(await hold.count_hit(charge))
+        """A cached answer: no reservation and no upstream tokens; rpm still applies.
+
+        ``counted``: the probe that found it counted it already."""
+        if not counted:
+            charge = (
+                Charge(hit.prompt_tokens + hit.completion_tokens, 0)
+                if plan.settings.count_hits
+                else None
+            )
+            headers.update(await hold.count_hit(charge))
         record.status, record.cache = "cache_hit", "hit"
         record.deployment = hit.deployment or None
         record.prompt_tokens, record.completion_tokens = hit.prompt_tokens, hit.completion_tokens
@@ -262,7 +272,21 @@ class Pipeline:
                 price.cost_nanos(prompt_tokens, completion.max_tokens),
             )
             if record.attempts == 0:
-                headers.update(await hold.reserve(estimate, route.timeout_s))
+                if cache_plan is not None and cache_plan.probe_token is not None:
+                    hit, counted = await self._probe(cache_plan, hold, estimate, route, headers)
+                    if hit is not None:
+                        return await self._serve_hit(
+                            cache_plan,
+                            hit,
+                            hold,
+                            record,
+                            headers,
+                            record.stream,
+                            client_wants_usage,
+                            counted,
+                        )
+                if hold.held is None and not hold.unenforced:
+                    headers.update(await hold.reserve(estimate, route.timeout_s))
             elif not await hold.extend(estimate, route.timeout_s):
                 continue  # the budget cannot cover this dearer candidate: skip it
             record.estimated_cost_usd = estimate.usd
@@ -327,6 +351,13 @@ class Pipeline:
             return StreamResult(relay.__aiter__(), headers)
         if last_error is not None:
             raise last_error
+        if cache_plan is not None and cache_plan.probe_token is not None:
+            # No candidate got as far as the reserve that was to carry the lookup.
+            hit = await self._cache.lookup_unprobed(cache_plan)
+            if hit is not None:
+                return await self._serve_hit(
+                    cache_plan, hit, hold, record, headers, record.stream, client_wants_usage
+                )
         if refused_by_breaker and record.attempts == 0:
             wait = min(self._breakers.retry_after_s(name) for name in refused_by_breaker)
             raise ServiceUnavailable(
@@ -335,6 +366,32 @@ class Pipeline:
                 headers={"retry-after": str(max(1, math.ceil(wait)))},
             )
         raise _budget_exhausted(record)
+
+    async def _probe(
+        self,
+        plan: CachePlan,
+        hold: Hold,
+        estimate: Charge,
+        route: Route,
+        headers: dict[str, str],
+    ) -> tuple[Any, bool]:
+        """The cache lookup and the reserve in one round trip: (the hit or None, whether the
+        hit was counted already). On a miss the hold is made unless another replica held the
+        key's lock (then the lookup waited for its answer and the caller reserves now)."""
+        probe = Probe(
+            plan.key,
+            plan.lock,
+            plan.probe_token or "",
+            plan.lock_ms,
+            count_hit=not plan.settings.count_hits,
+        )
+        found, got = await hold.reserve_probing(estimate, route.timeout_s, probe)
+        headers.update(got)
+        if found is None:  # the store did not answer: as a lookup would, go ahead alone
+            return await self._cache.probed(plan, None, locked=False, busy=False), False
+        busy = found.value is None and not found.locked
+        hit = await self._cache.probed(plan, found.value, locked=found.locked, busy=busy)
+        return hit, found.value is not None and found.admission is not None
 
     async def _reply(
         self,
@@ -368,10 +425,8 @@ class Pipeline:
         charge = Charge(prompt + completion, price.cost_nanos(prompt, completion, cached))
         # The ledger records exactly what the budget was charged (nano-dollars, rounded up).
         record.cost_usd = charge.usd
-        # Settling only gives back what the hold over-reserved, so the answer need not wait
-        # for it: the budget stays conservative until the settle lands a moment later.
-        self._background.spawn(hold.settle(charge))
         headers["x-tollgate-cost-usd"] = f"{record.cost_usd:.9f}"
+        pending = None
         if cache_plan is not None:
             entry = PromptCache.entry_from_json(
                 cache_plan,
@@ -380,7 +435,10 @@ class Pipeline:
                 cost_usd=record.cost_usd,
                 usage=(prompt, completion, cached),
             )
-            await self._cache.store(cache_plan, entry)
+            pending = self._cache.finish(cache_plan, entry)
+        # Settling only gives back what the hold over-reserved, so the answer need not wait
+        # for it: the budget stays conservative until the settle lands a moment later.
+        self._background.spawn(settle_and_write(hold, self._cache, charge, pending))
         return JsonResult(reply.status, reply.body, reply.content_type, headers)
 
     def _usage_from_text(self, body: bytes, record: RequestRecord) -> Usage:

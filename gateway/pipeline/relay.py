@@ -21,6 +21,7 @@ from gateway.metrics import Metrics
 from gateway.pipeline.accounting import Hold
 from gateway.pipeline.attempts import Attempt
 from gateway.pipeline.background import Background
+from gateway.pipeline.closing import settle_and_write
 from gateway.pricing import Price
 from gateway.providers.base import UpstreamStream, Usage
 from gateway.providers.sse import is_done
@@ -99,7 +100,7 @@ class StreamRelay:
                     self._assembler.feed(event)
                 if is_done(event):
                     finished = True
-                    await self._complete()
+                    self._complete()
                     self._attempt.succeeded(record.completion_tokens)
                     # Accounted for before the client sees the end of its answer.
                     self._finish(record)
@@ -194,10 +195,9 @@ class StreamRelay:
         record.cost_usd = charge.usd
         return charge
 
-    async def _complete(self) -> None:
+    def _complete(self) -> None:
         actual = self._actual()
-        # Off the stream's critical path, like the JSON path (the hold is never too small).
-        self._background.spawn(self._hold.settle(actual))
+        pending = None
         if self._cache_plan is not None and self._assembler is not None:
             entry = PromptCache.entry_from_stream(
                 self._cache_plan,
@@ -210,10 +210,12 @@ class StreamRelay:
                     self._record.cached_tokens,
                 ),
             )
-            await self._cache.store(self._cache_plan, entry)
+            pending = self._cache.finish(self._cache_plan, entry)
+        # Off the stream's critical path, like the JSON path (the hold is never too small).
+        self._background.spawn(settle_and_write(self._hold, self._cache, actual, pending))
         self._record.total_ms = (time.perf_counter() - self._record.started) * 1000
 
-    def _charge_generated(self) -> Coroutine[Any, Any, None]:
+    def _charge_generated(self) -> Coroutine[Any, Any, object]:
         """A stream that ended badly pays for what it generated; nothing generated, nothing.
 
         The record is final as soon as this returns (the ledger row is written from it); the

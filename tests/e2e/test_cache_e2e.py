@@ -1,4 +1,9 @@
-"""The prompt cache through the gateway: real Redis, a `tollgate sim` upstream counting calls."""
+"""The prompt cache through the gateway: real Redis, a `tollgate sim` upstream counting calls.
+
+Every proof runs twice: for a team without limits (the lookup is a round trip of its own) and for
+a team with a budget and rpm (the lookup rides in the reserve's Lua call, and the write in the
+settle's).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
+import redis.asyncio as aioredis
 import orjson
 import pytest
 
@@ -37,8 +43,13 @@ def configure(sim: httpx.Client, **changes: float) -> None:
     sim.post("/sim/config", json=changes).raise_for_status()
 
 
-def _policy(sim_url: str, cache: str = "{ttl_s: 600}") -> str:
+BUDGET = "    budgets: [{tokens: 10000000, window: day}]\n    limits: {rpm: 100000}\n"
+
+
+def _policy(sim_url: str, cache: str = "{ttl_s: 600}", budgeted: bool = False) -> str:
     text = sim_policy(chat_candidates="[pool]")
+    if budgeted:
+        text = text.replace("  search:\n", "  search:\n" + BUDGET, 1)
     text = text.replace(
         "providers:\n", f"providers:\n  gpu:\n    type: openai\n    base_urls: [{sim_url}]\n", 1
     )
@@ -52,11 +63,16 @@ def _policy(sim_url: str, cache: str = "{ttl_s: 600}") -> str:
     return text.replace("routes:\n  chat:\n", f"routes:\n  chat:\n    cache: {cache}\n", 1)
 
 
-@pytest.fixture
+@pytest.fixture(params=["unlimited", "budgeted"])
 async def gateway(
-    make_gateway: GatewayFactory, sim_url: str, redis_url: str, redis_prefix: str
+    request: pytest.FixtureRequest,
+    make_gateway: GatewayFactory,
+    sim_url: str,
+    redis_url: str,
+    redis_prefix: str,
 ) -> AsyncIterator[Gateway]:
-    yield await make_gateway(_policy(sim_url), redis_url=redis_url, redis_prefix=redis_prefix)
+    policy = _policy(sim_url, budgeted=request.param == "budgeted")
+    yield await make_gateway(policy, redis_url=redis_url, redis_prefix=redis_prefix)
 
 
 async def _post(
@@ -172,3 +188,79 @@ async def test_nondeterministic_requests_bypass_in_deterministic_mode(
     assert (await _post(gateway, body)).headers["x-tollgate-cache"] == "bypass"
     assert (await _post(gateway, body)).headers["x-tollgate-cache"] == "bypass"
     assert calls(sim) == 2
+
+
+async def _team_commands(redis_url: str, prefix: str, work: Any) -> list[str]:
+    """The commands the gateway sent that touch team search's keys while ``work`` ran (MONITOR;
+    commands run inside Lua scripts are left out)."""
+    client = aioredis.from_url(redis_url)
+    seen: list[str] = []
+    marker = f"{prefix}{{team:search}}"
+
+    async def listen(monitor: Any) -> None:
+        while True:
+            found = await monitor.next_command()
+            if found.get("client_type") != "lua" and marker in found["command"]:
+                seen.append(found["command"].split(" ", 1)[0].upper())
+
+    try:
+        async with client.monitor() as monitor:
+            listener = asyncio.ensure_future(listen(monitor))
+            try:
+                await work()
+                await asyncio.sleep(0.3)  # the settle lands after the answer
+            finally:
+                listener.cancel()
+    finally:
+        await client.aclose()
+    return seen
+
+
+async def test_a_budgeted_miss_is_one_call_before_the_answer_and_one_after(
+    make_gateway: GatewayFactory, sim_url: str, sim: httpx.Client, redis_url: str, redis_prefix: str
+) -> None:
+    gateway = await make_gateway(
+        _policy(sim_url, budgeted=True), redis_url=redis_url, redis_prefix=redis_prefix
+    )
+    await _post(gateway, _ask(seed=70))  # warm: scripts loaded, plan built
+
+    async def miss() -> None:
+        assert (await _post(gateway, _ask(seed=71))).headers["x-tollgate-cache"] == "miss"
+
+    async def hit() -> None:
+        assert (await _post(gateway, _ask(seed=71))).headers["x-tollgate-cache"] == "hit"
+
+    # Lookup + lock + reserve in one script; settle + entry + unlock in another, after.
+    assert await _team_commands(redis_url, redis_prefix, miss) == ["EVALSHA", "EVALSHA"]
+    # A hit: the lookup that found it also counted it against rpm.
+    assert await _team_commands(redis_url, redis_prefix, hit) == ["EVALSHA"]
+    assert calls(sim) == 2
+    budget = (
+        await gateway.http.get(
+            "/v1/tollgate/budget", headers={"authorization": f"Bearer {SEARCH_KEY}"}
+        )
+    ).json()
+    rpm = next(w for w in budget["windows"] if w["limit"] == "rpm")
+    assert rpm["used"] == 3
+
+
+async def test_replicas_share_one_flight_through_the_probe(
+    make_gateway: GatewayFactory, sim_url: str, sim: httpx.Client, redis_url: str, redis_prefix: str
+) -> None:
+    """Two gateways on one Redis: the one whose probe finds the lock held waits for the other's
+    answer instead of calling upstream."""
+    policy = _policy(sim_url, budgeted=True)
+    first = await make_gateway(policy, redis_url=redis_url, redis_prefix=redis_prefix)
+    second = await make_gateway(policy, redis_url=redis_url, redis_prefix=redis_prefix)
+    configure(sim, ttft_ms=300)
+    try:
+        leader = asyncio.ensure_future(_post(first, _ask(seed=72)))
+        await asyncio.sleep(0.1)
+        follower = await _post(second, _ask(seed=72))
+        led = await leader
+    finally:
+        configure(sim, ttft_ms=0)
+    assert calls(sim) == 1
+    assert led.headers["x-tollgate-cache"] == "miss"
+    assert follower.headers["x-tollgate-cache"] == "hit"
+    assert follower.json()["choices"] == led.json()["choices"]

@@ -1,4 +1,4 @@
--- tollgate budget: settle or release a reservation, version 2
+-- tollgate budget: settle or release a reservation, version 3
 --
 -- KEYS[1]  res   reservations HASH of the team
 -- KEYS[2]  exp   reservation expiry ZSET of the team
@@ -9,10 +9,21 @@
 -- Returns 1 done, 2 done late (the reservation had expired and its amounts were already given
 -- back: only the usage is charged), 0 no such reservation (already settled or released, or
 -- forgotten long ago): nothing changed, which makes a second settle a no-op.
+-- KEYS[3], KEYS[4] (optional) a probe key and its lock, as taken by admit's probing: the key is
+--          written first (ARGV[6], when not empty, for ARGV[7] ms), then the lock dropped if it
+--          still holds ARGV[5]; this happens whatever the reservation's state.
 -- The usage goes to the counters of the windows the reservation was made in, even if a window
 -- has ended since; a counter that has expired meanwhile is left alone.
 
 local res, exp, id = KEYS[1], KEYS[2], ARGV[1]
+if KEYS[3] then
+  if ARGV[6] ~= '' then
+    redis.call('SET', KEYS[3], ARGV[6], 'PX', ARGV[7])
+  end
+  if redis.call('GET', KEYS[4]) == ARGV[5] then
+    redis.call('DEL', KEYS[4])
+  end
+end
 local raw = redis.call('HGET', res, id)
 if not raw then
   return 0

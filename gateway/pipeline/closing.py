@@ -1,0 +1,28 @@
+"""After the response: charge the usage and put the answer in the cache.
+
+Neither has to happen before the client has its answer: the settle only gives back what the hold
+over-reserved, and identical requests get the answer from this process until its write lands
+(see ``PromptCache.finish``). When the cache key is the team's, one Lua call does both.
+"""
+
+from __future__ import annotations
+
+from gateway.budget import Charge, Fill
+from gateway.cache import PendingWrite, PromptCache
+from gateway.pipeline.accounting import Hold
+
+
+async def settle_and_write(
+    hold: Hold, cache: PromptCache, actual: Charge, pending: PendingWrite | None
+) -> None:
+    if pending is None:
+        await hold.settle(actual)
+        return
+    fill = None
+    if pending.beside_budget and pending.token is not None:
+        fill = Fill(pending.key, pending.lock, pending.token, pending.value, pending.ttl_ms)
+    try:
+        if not await hold.settle(actual, fill):
+            await cache.write(pending)
+    finally:
+        cache.written(pending)
