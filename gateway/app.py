@@ -25,14 +25,16 @@ from starlette.exceptions import HTTPException
 from gateway import gauges
 from gateway.api import admin, health, openai, reports
 from gateway.api import metrics as metrics_api
+from gateway.api.completions import CompletionEndpoints
 from gateway.api.context import RequestContext
+from gateway.api.failures import note_error
 from gateway.auth.resolver import KeyResolver
 from gateway.auth.store import KeyStore
 from gateway.budget import Limiter, MemoryLimiter, RedisLimiter
 from gateway.cache import PromptCache
 from gateway.db.engine import AsyncEngine, create_engine, ping, session_factory
 from gateway.db.migrate import upgrade
-from gateway.errors import ClientGone, GatewayError, InvalidRequest, NotFound
+from gateway.errors import GatewayError, InvalidRequest, NotFound
 from gateway.ledger.queries import SpendQueries
 from gateway.ledger.writer import LedgerWriter
 from gateway.metrics import Metrics
@@ -274,6 +276,8 @@ def create_app(settings: Settings, *, handle_signals: bool = False) -> FastAPI:
     app.add_exception_handler(GatewayError, _gateway_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    # Innermost first: the raw endpoints run inside the request context (ids, access log).
+    app.add_middleware(CompletionEndpoints, services=lambda: app.state.services)
     app.add_middleware(
         RequestContext, log_requests=settings.access_log, finish=lambda r: _finish(app, r)
     )
@@ -307,23 +311,9 @@ def _reload_on_signal(services: Services) -> None:
 def _error_response(request: Request, error: GatewayError) -> Response:
     record: RequestRecord | None = request.scope.get("state", {}).get("record")
     if record is not None:
-        if record.status == "ok":
-            record.status = _status_of(error)
-        record.error_type = error.code or error.type
+        note_error(record, error)
     headers = dict(error.headers)
     return Response(error.body(), error.status, headers=headers, media_type="application/json")
-
-
-def _status_of(error: GatewayError) -> str:
-    if isinstance(error, ClientGone):
-        return "client_disconnect"
-    if error.status == 429:
-        return "rejected_rate" if error.type == "rate_limit_exceeded" else "rejected_budget"
-    if error.status >= 500:
-        return "upstream_error"
-    if error.status in (401, 403):
-        return "unauthorized"
-    return "invalid_request"
 
 
 async def _gateway_error(request: Request, exc: Exception) -> Response:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from fastapi import Request
@@ -44,21 +45,21 @@ async def read_body(request: Request, limit: int) -> bytes:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-def api_key(request: Request) -> str | None:
+def api_key(headers: Mapping[str, str]) -> str | None:
     """The key from ``Authorization: Bearer`` or, for Azure-style clients, ``api-key``."""
-    header = request.headers.get("authorization")
+    header = headers.get("authorization")
     if header:
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise AuthenticationFailed("Malformed Authorization header; expected 'Bearer <key>'.")
         return token.strip()
-    return request.headers.get("api-key") or None
+    return headers.get("api-key") or None
 
 
 async def principal(request: Request) -> Principal:
     """Authenticate the caller against the key store (cached) and the policy's static keys."""
     found = services(request)
-    caller = await found.keys.resolve(api_key(request), found.policies.current)
+    caller = await found.keys.resolve(api_key(request.headers), found.policies.current)
     rec = record(request)
     rec.team, rec.key_id = caller.team, caller.key_id
     return caller
@@ -69,6 +70,6 @@ def admin(request: Request) -> None:
     expected = services(request).settings.admin_key
     if not expected:
         raise NotFound(f"Unknown request URL: {request.method} {request.url.path}.")
-    given = api_key(request) or ""
+    given = api_key(request.headers) or ""
     if not hmac.compare_digest(given.encode(), expected.encode()):
         raise AuthenticationFailed("Incorrect admin key.")
