@@ -247,6 +247,31 @@ async def test_revocation_takes_effect_after_the_ttl(db: Db) -> None:
         await resolver.resolve(plaintext, current)
 
 
+async def test_a_key_in_use_is_refreshed_ahead_without_waiting(db: Db) -> None:
+    """Past 3/4 of the ttl, a request is answered from the cache while the lookup runs in the
+    background; its answer (here: revoked) applies from then on, before the old deadline."""
+    team = team_name()
+    plaintext, record = await db.store.create(team)
+    clock = FakeClock(100.0)
+    resolver = KeyResolver(db.store, ttl_s=5, clock=clock)
+    current = policy(team)
+    await resolver.resolve(plaintext, current)
+    await db.store.revoke(record.id)
+    before = db.key_lookups()
+
+    clock.advance(4.0)
+    assert (await resolver.resolve(plaintext, current)).key_id == record.id
+    assert db.key_lookups() == before  # answered without waiting for the query it started
+    for _ in range(500):
+        if db.key_lookups() == before + 1:
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)  # the refreshed entry is stored when its task completes
+    with pytest.raises(AuthenticationFailed, match="has been revoked"):
+        await resolver.resolve(plaintext, current)
+    assert db.key_lookups() == before + 1
+
+
 async def test_expiry_takes_effect_at_once_even_when_cached(db: Db) -> None:
     team = team_name()
     plaintext, _ = await db.store.create(team, expires_in=timedelta(hours=1))
