@@ -190,6 +190,7 @@ async def build_services(settings: Settings) -> Services:
         router=router,
         stats=routing_stats,
         breakers=breakers,
+        count_exactly_below_bytes=settings.count_exactly_below_bytes,
     )
     services = Services(
         settings=settings,

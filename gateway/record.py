@@ -27,6 +27,7 @@ class RequestRecord:
     http_status: int = 0
     error_type: str | None = None
     prompt_tokens: int = 0
+    body_bytes: int = 0  # the request body's length
     completion_tokens: int = 0
     cached_tokens: int = 0
     cost_usd: float = 0.0

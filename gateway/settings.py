@@ -45,6 +45,11 @@ class Settings(BaseSettings):
     # The usage ledger's local spool (default: data_dir/ledger). It must survive a restart of
     # the process (a persistent volume per replica): unsent rows are replayed from it.
     ledger_dir: Path | None = None
+    # Prompts whose request body is larger than this are not counted before the upstream call:
+    # the body's length in bytes (a bound no tokenizer can exceed) is reserved instead, and the
+    # upstream's usage settles it. Counting 100k tokens costs a core for ~30 ms that the other
+    # requests need. 0 counts every prompt exactly.
+    count_exactly_below_bytes: int = 64 * 1024
     # The in-process prompt cache's size (the embedded default; with Redis the cache is there).
     cache_memory_bytes: int = 64 * 1024 * 1024
 

@@ -68,6 +68,7 @@ class CompletionEndpoints:
             caller = await found.keys.resolve(api_key(headers), found.policies.current)
             record.team, record.key_id = caller.team, caller.key_id
             raw = await read_body(receive, headers, found.settings.max_body_bytes)
+            record.body_bytes = len(raw)
             body = validate.parse_body(raw)
             validate.check(endpoint, body)
             handling = found.pipeline.handle(endpoint, body, caller, record, headers)

@@ -22,6 +22,7 @@ The pipeline never imports the web framework: it returns a :class:`JsonResult` o
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -45,6 +46,7 @@ from gateway.errors import (
     NotFound,
     PermissionDenied,
     QuotaExceeded,
+    RateLimited,
     ServiceUnavailable,
     UpstreamError,
 )
@@ -54,6 +56,7 @@ from gateway.pipeline.attempts import Attempt
 from gateway.pipeline.background import Background
 from gateway.pipeline.closing import settle_and_write
 from gateway.pipeline.options import RequestOptions, parse_options
+from gateway.pipeline.prompt_count import PromptCount
 from gateway.pipeline.relay import StreamRelay
 from gateway.pipeline.results import JsonResult, StreamResult
 from gateway.policy.schema import Deployment, Policy, Route
@@ -84,6 +87,7 @@ class Pipeline:
         router: Router,
         stats: RoutingStats,
         breakers: Breakers,
+        count_exactly_below_bytes: int = 64 * 1024,
     ) -> None:
         self._policy = policy
         self._upstreams = upstreams
@@ -99,6 +103,7 @@ class Pipeline:
         self._router = router
         self._stats = stats
         self._breakers = breakers
+        self._count_below = count_exactly_below_bytes
 
     async def handle(
         self,
@@ -139,7 +144,10 @@ class Pipeline:
         if cache_plan is not None:
             record.cache = cache_plan.status
             out_headers["x-tollgate-cache"] = cache_plan.status
-            hit = await self._cache.lookup(cache_plan, probe=hold.probes)
+            # A prompt too big to count up front may need a second reserve (see PromptCount),
+            # which the probe cannot carry: it looks up on its own.
+            probe = hold.probes and not self._bounded(record)
+            hit = await self._cache.lookup(cache_plan, probe=probe)
             if hit is not None:
                 return await self._serve_hit(
                     cache_plan, hit, hold, record, out_headers, stream, client_wants_usage
@@ -243,7 +251,8 @@ class Pipeline:
         prices = self._prices.get(policy)
         # Counted with the first candidate's encoding: choosing needs the count first.
         first = policy.document.models[route.candidates[0]]
-        prompt_tokens = record.prompt_tokens = await self._count_prompt(endpoint, body, first)
+        prompt = await self._count_prompt(endpoint, body, first, record)
+        prompt_tokens = record.prompt_tokens = prompt.tokens
         asked = body.get("max_completion_tokens") or body.get("max_tokens")
         plan = self._router.plan(
             record.route or "",
@@ -286,7 +295,18 @@ class Pipeline:
                             counted,
                         )
                 if hold.held is None and not hold.unenforced:
-                    headers.update(await hold.reserve(estimate, route.timeout_s))
+                    try:
+                        headers.update(await hold.reserve(estimate, route.timeout_s))
+                    except (QuotaExceeded, RateLimited):
+                        if prompt.exact:
+                            raise
+                        # The bound did not fit: the exact count may.
+                        prompt_tokens = record.prompt_tokens = await prompt.exactly_async()
+                        estimate = Charge(
+                            prompt_tokens + completion.max_tokens,
+                            price.cost_nanos(prompt_tokens, completion.max_tokens),
+                        )
+                        headers.update(await hold.reserve(estimate, route.timeout_s))
             elif not await hold.extend(estimate, route.timeout_s):
                 continue  # the budget cannot cover this dearer candidate: skip it
             record.estimated_cost_usd = estimate.usd
@@ -325,7 +345,7 @@ class Pipeline:
             headers["x-tollgate-deployment"] = deployment_name
             headers["x-tollgate-attempts"] = str(record.attempts)
             if isinstance(opened, UpstreamReply):
-                result = await self._reply(opened, record, headers, hold, price, cache_plan)
+                result = await self._reply(opened, record, headers, hold, price, cache_plan, prompt)
                 record.overhead_ms = (record.ttft_ms or 0.0) - upstream_s * 1000
                 attempt.succeeded(record.completion_tokens)
                 return result
@@ -340,6 +360,7 @@ class Pipeline:
                 client_wants_usage=client_wants_usage,
                 cache=self._cache,
                 cache_plan=cache_plan,
+                prompt=prompt,
                 tokens=self._tokens,
                 finish=self._finish,
                 background=self._background,
@@ -401,6 +422,7 @@ class Pipeline:
         hold: Hold,
         price: Price,
         cache_plan: CachePlan | None,
+        counted: PromptCount,
     ) -> JsonResult:
         record.replica, record.error_type = reply.replica, None
         record.ttft_ms = record.total_ms = (time.perf_counter() - record.started) * 1000
@@ -411,8 +433,10 @@ class Pipeline:
             if cache_plan is not None:
                 self._cache.abandon(cache_plan)
             return JsonResult(reply.status, reply.body, reply.content_type, headers)
-        usage = reply.usage or self._usage_from_text(reply.body, record)
-        record.prompt_tokens = usage.prompt_tokens or record.prompt_tokens
+        usage = reply.usage
+        if usage is None:
+            usage = self._usage_from_text(reply.body, record, await counted.exactly_async())
+        record.prompt_tokens = usage.prompt_tokens or await counted.exactly_async()
         record.completion_tokens, record.cached_tokens = (
             usage.completion_tokens,
             usage.cached_tokens,
@@ -441,7 +465,7 @@ class Pipeline:
         self._background.spawn(settle_and_write(hold, self._cache, charge, pending))
         return JsonResult(reply.status, reply.body, reply.content_type, headers)
 
-    def _usage_from_text(self, body: bytes, record: RequestRecord) -> Usage:
+    def _usage_from_text(self, body: bytes, record: RequestRecord, prompt_tokens: int) -> Usage:
         """An upstream that reports no usage: count the answer's text ourselves."""
         try:
             parsed: Any = orjson.loads(body)
@@ -453,19 +477,34 @@ class Pipeline:
             texts = []
         model = record.deployment or ""
         completion = sum(self._tokens.count_text(t, model) for t in texts if isinstance(t, str))
-        return Usage(record.prompt_tokens, completion, 0)
+        return Usage(prompt_tokens, completion, 0)
+
+    def _bounded(self, record: RequestRecord) -> bool:
+        """Whether this request's prompt is reserved on a bound rather than counted first."""
+        return 0 < self._count_below <= record.body_bytes
 
     async def _count_prompt(
-        self, endpoint: Endpoint, body: dict[str, Any], deployment: Deployment
-    ) -> int:
+        self,
+        endpoint: Endpoint,
+        body: dict[str, Any],
+        deployment: Deployment,
+        record: RequestRecord,
+    ) -> PromptCount:
         model = deployment.model
+        tokens = self._tokens
         if endpoint is Endpoint.CHAT:
-            return await self._tokens.count_chat_async(
-                body["messages"], model, tools=body.get("tools"), functions=body.get("functions")
-            )
-        if endpoint is Endpoint.COMPLETIONS:
-            return await self._tokens.count_prompt_async(body["prompt"], model)
-        return await self._tokens.count_prompt_async(body["input"], model)
+            messages, tools, functions = body["messages"], body.get("tools"), body.get("functions")
+            count = functools.partial(tokens.count_chat, messages, model, tools, functions)
+            if self._bounded(record):
+                return PromptCount(record.body_bytes, False, count)
+            exact = await tokens.count_chat_async(messages, model, tools, functions)
+        else:
+            field = body["prompt"] if endpoint is Endpoint.COMPLETIONS else body["input"]
+            count = functools.partial(tokens.count_prompt, field, model)
+            if self._bounded(record):
+                return PromptCount(record.body_bytes, False, count)
+            exact = await tokens.count_prompt_async(field, model)
+        return PromptCount(exact, True, count)
 
 
 def _budget_exhausted(record: RequestRecord) -> GatewayError:

@@ -22,6 +22,7 @@ from gateway.pipeline.accounting import Hold
 from gateway.pipeline.attempts import Attempt
 from gateway.pipeline.background import Background
 from gateway.pipeline.closing import settle_and_write
+from gateway.pipeline.prompt_count import PromptCount
 from gateway.pricing import Price
 from gateway.providers.base import UpstreamStream, Usage
 from gateway.providers.sse import is_done
@@ -47,6 +48,7 @@ class StreamRelay:
         client_wants_usage: bool,
         cache: PromptCache,
         cache_plan: CachePlan | None,
+        prompt: PromptCount,
         tokens: TokenCounter,
         finish: Callable[[RequestRecord], None],
         background: Background,
@@ -63,6 +65,7 @@ class StreamRelay:
         self._client_wants_usage = client_wants_usage
         self._cache = cache
         self._cache_plan = cache_plan
+        self._prompt = prompt
         self._assembler = cache.assembler(cache_plan) if cache_plan is not None else None
         self._tokens = tokens
         self._finish = finish
@@ -185,7 +188,9 @@ class StreamRelay:
     def _actual(self) -> Charge:
         record = self._record
         usage = self._usage
-        prompt = usage.prompt_tokens if usage is not None else record.prompt_tokens
+        # Without usage from upstream, the prompt is what we counted (exactly: a bound is
+        # counted now, on this rare path).
+        prompt = usage.prompt_tokens if usage is not None else self._prompt.exactly()
         cached = usage.cached_tokens if usage is not None else 0
         completion = self._completion_tokens()
         record.prompt_tokens, record.completion_tokens = prompt, completion

@@ -61,6 +61,22 @@ class BadUpstream:
             return web.Response(
                 status=400, body=orjson.dumps(body), content_type="application/json"
             )
+        if fault == "no-usage":
+            # An answer that reports no usage: the gateway must count it itself.
+            answer = {
+                "id": "chatcmpl-bad",
+                "object": "chat.completion",
+                "created": 0,
+                "model": "bad",
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": "four tokens right here"},
+                        "finish_reason": "stop",
+                    }
+                ],
+            }
+            return web.Response(body=orjson.dumps(answer), content_type="application/json")
         if fault == "slow":
             try:
                 await asyncio.sleep(30)
