@@ -37,6 +37,7 @@ from gateway.db.migrate import upgrade
 from gateway.errors import GatewayError, InvalidRequest, NotFound
 from gateway.ledger.queries import SpendQueries
 from gateway.ledger.writer import LedgerWriter
+from gateway.logs import AccessLog
 from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline
 from gateway.pipeline.background import Background
@@ -240,6 +241,10 @@ async def close_services(services: Services) -> None:
 def create_app(settings: Settings, *, handle_signals: bool = False) -> FastAPI:
     """The ASGI application. ``handle_signals`` installs SIGHUP = reload the policy."""
 
+    # Off when the access log is, or when the log level hides info lines.
+    level = logging.getLevelName(settings.log_level.upper())
+    access = AccessLog() if settings.access_log and level in (logging.DEBUG, logging.INFO) else None
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services = await build_services(settings)
@@ -260,6 +265,8 @@ def create_app(settings: Settings, *, handle_signals: bool = False) -> FastAPI:
             if handle_signals:
                 loop.remove_signal_handler(signal.SIGHUP)
             await close_services(services)
+            if access is not None:
+                access.flush()
 
     app = FastAPI(
         title="Tollgate",
@@ -279,9 +286,7 @@ def create_app(settings: Settings, *, handle_signals: bool = False) -> FastAPI:
     app.add_exception_handler(RequestValidationError, _validation_error)
     # Innermost first: the raw endpoints run inside the request context (ids, access log).
     app.add_middleware(CompletionEndpoints, services=lambda: app.state.services)
-    app.add_middleware(
-        RequestContext, log_requests=settings.access_log, finish=lambda r: _finish(app, r)
-    )
+    app.add_middleware(RequestContext, access_log=access, finish=lambda r: _finish(app, r))
     return app
 
 

@@ -18,9 +18,9 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.errors import GatewayError
+from gateway.logs import AccessLog
 from gateway.record import RequestRecord
 
-access_log = logging.getLogger("tollgate.access")
 log = logging.getLogger("tollgate")
 _MAX_ID = 128
 
@@ -42,11 +42,11 @@ class RequestContext:
         self,
         app: ASGIApp,
         *,
-        log_requests: bool = True,
+        access_log: AccessLog | None = None,
         finish: Callable[[RequestRecord], None] | None = None,
     ) -> None:
         self.app = app
-        self.log_requests = log_requests
+        self.access_log = access_log
         # Accounts for the request (ledger, metrics) before its last byte is sent, so a client
         # that got its whole response is always accounted for, even if the process dies next.
         self.finish = finish or (lambda record: None)
@@ -111,8 +111,8 @@ class RequestContext:
             if record.total_ms is None:
                 record.total_ms = (time.perf_counter() - record.started) * 1000
             finish(record)
-            if self.log_requests and access_log.isEnabledFor(logging.INFO):
-                access_log.info("request", extra={"fields": _log_fields(record)})
+            if self.access_log is not None:
+                self.access_log.write(_log_fields(record))
 
 
 def _log_fields(record: RequestRecord) -> dict[str, Any]:
