@@ -12,9 +12,9 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
-import redis.asyncio as aioredis
 import orjson
 import pytest
+import redis.asyncio as aioredis
 
 from tests.e2e.conftest import ADS_KEY, SEARCH_KEY, Gateway, GatewayFactory, sim_policy
 from tests.support.sim_process import sim_admin, sim_process
