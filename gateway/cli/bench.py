@@ -19,11 +19,15 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import orjson
 
-from gateway.loadgen import BenchConfig, Distribution, Progress, Runner, render_table, summarize
+if TYPE_CHECKING:
+    # At run time the load generator is imported by the functions that use it: every `tollgate`
+    # command imports this module, and `tollgate serve` would otherwise keep aiohttp (~8 MB
+    # resident) that only the load generator uses for as long as it serves.
+    from gateway.loadgen import BenchConfig, Distribution, Progress, Runner
 
 _BAR = 24
 
@@ -59,13 +63,13 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     parser.add_argument(
         "--prompt-tokens",
         type=_distribution,
-        default=Distribution.parse("200"),
+        default="200",  # argparse passes a string default through `type` too
         help="prompt length: N, MEAN:STDDEV or MIN-MAX (200)",
     )
     parser.add_argument(
         "--output-tokens",
         type=_distribution,
-        default=Distribution.parse("64"),
+        default="64",
         help="max_tokens per request: N, MEAN:STDDEV or MIN-MAX (64)",
     )
     parser.add_argument(
@@ -98,6 +102,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 def config_from(args: argparse.Namespace) -> BenchConfig:
     """The run the arguments describe (ValueError when they do not make one)."""
+    from gateway.loadgen import BenchConfig
+
     return BenchConfig(
         url=args.url,
         api_key=args.api_key or os.environ.get("OPENAI_API_KEY") or None,
@@ -123,6 +129,8 @@ def config_from(args: argparse.Namespace) -> BenchConfig:
 
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark; 0 when at least one request succeeded, 1 otherwise, 2 on bad input."""
+    from gateway.loadgen import render_table
+
     if args.duration is None and args.requests is None:
         args.duration = 30.0
     try:
@@ -154,6 +162,8 @@ def _run_loop(main: Any) -> dict[str, Any]:
 
 
 async def _bench(config: BenchConfig, gpus: int, progress_to: TextIO | None) -> dict[str, Any]:
+    from gateway.loadgen import Runner, summarize
+
     runner = Runner(config)
     loop = asyncio.get_running_loop()
     interrupts = 0
@@ -215,6 +225,8 @@ def _positive_int(text: str) -> int:
 
 
 def _distribution(text: str) -> Distribution:
+    from gateway.loadgen import Distribution
+
     try:
         return Distribution.parse(text)
     except ValueError as exc:

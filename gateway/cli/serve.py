@@ -59,11 +59,13 @@ def run(args: argparse.Namespace) -> int:
     from gateway.auth.demo import ensure_demo_key
     from gateway.auth.store import KeyStore
     from gateway.db.engine import create_engine, session_factory
-    from gateway.db.migrate import upgrade
+    from gateway.db.migrate import MigrationFailed, upgrade_in_subprocess
 
     async def prepare() -> str | None:
         if settings.migrate:
-            await upgrade(url)
+            # In a child process: Alembic would otherwise stay imported in this one, which goes
+            # on to serve (or to supervise the workers) for as long as it runs.
+            await upgrade_in_subprocess(url, log_level=settings.log_level)
         if policy.team(settings.demo_team) is None:
             return None
         engine = create_engine(url)
@@ -73,7 +75,11 @@ def run(args: argparse.Namespace) -> int:
         finally:
             await engine.dispose()
 
-    demo_key = asyncio.run(prepare())
+    try:
+        demo_key = asyncio.run(prepare())
+    except MigrationFailed as exc:
+        print(exc, file=sys.stderr)
+        return 1
     base_url = f"http://{_display_host(settings.host)}:{settings.port}/v1"
     print(f"Tollgate serving on {base_url}", flush=True)
     if demo_key:

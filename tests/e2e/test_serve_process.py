@@ -15,6 +15,7 @@ import httpx
 import openai
 import pytest
 
+from gateway.db.migrate import current_revision, head_revision
 from tests.e2e.conftest import ADMIN_KEY
 from tests.support.bad_upstream import bad_upstream
 from tests.support.gateway_process import REPO, Served, free_port, serve
@@ -210,3 +211,40 @@ def test_two_workers_with_redis(tmp_path: Path, redis_url: str, redis_prefix: st
         assert ready["checks"]["state"]["backend"] == "redis"
     finally:
         served.stop(signal.SIGTERM)
+
+
+def test_a_fresh_postgres_is_migrated_before_serving(
+    tmp_path: Path, fresh_postgres_url: str
+) -> None:
+    # The migrations run in a child process (Alembic stays out of the server), yet before the
+    # demo key is written and before the first request: both need the tables.
+    served = serve(tmp_path, REPO / "policies", env={"TOLLGATE_DATABASE_URL": fresh_postgres_url})
+    try:
+        client = openai.OpenAI(base_url=served.base_url, api_key=served.demo_key(), max_retries=0)
+        assert client.models.list().data
+        assert asyncio.run(current_revision(fresh_postgres_url)) == head_revision()
+        assert any('"logger":"alembic.runtime.migration"' in line for line in served.errors)
+        assert any("upgraded to head" in line for line in served.errors)
+    finally:
+        served.stop(signal.SIGKILL)
+
+
+def test_serve_stops_when_the_migrations_fail(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOLLGATE_")}
+    env |= {
+        "TOLLGATE_DATABASE_URL": "postgresql+asyncpg://postgres@127.0.0.1:1/nowhere",
+        "TOLLGATE_DATA_DIR": str(tmp_path / "data"),
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "serve", "--port", str(free_port())],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert '"msg":"migration failed"' in result.stderr  # the child's log line says why
+    assert "failed in a child process" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""  # never announced itself as serving

@@ -316,3 +316,79 @@ def test_a_cache_dir_the_user_set_is_kept(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert Path(result.stdout.strip()) == own
+
+
+# Text of every kind tokenizers trip on: special-token text, code, runs of whitespace, numbers,
+# accents, CJK, emoji, and bytes that are not valid UTF-8 on their own.
+_SAMPLES = [
+    "tiktoken is great!",
+    "<|endoftext|> and <|im_start|> are plain text here",
+    "def f(x):\n\treturn x ** 2  # squared\n\n\n",
+    "   leading, trailing and    inner   spaces   ",
+    "3.14159 12345678901234567890 1,000,000 0x1F",
+    "naïve café — Ünïcödé — 東京タワー — 🙂🚀👩‍👩‍👧",
+    "".join(chr(c) for c in range(32, 0x2FF)),
+]
+
+
+@pytest.mark.parametrize("name", [tokens.CL100K, tokens.O200K])
+def test_the_loaded_encodings_tokenize_as_tiktokens_own(name: str) -> None:
+    # The gateway empties the Python copy of the vocabulary tiktoken keeps after loading (it is
+    # only there for pickling): the tokenizer itself must be untouched. The reference is built
+    # straight from tiktoken's constructor, with its full dict, outside the registry.
+    from tiktoken import Encoding
+    from tiktoken_ext.openai_public import ENCODING_CONSTRUCTORS
+
+    ours = tokens.get_encoding(name)
+    reference = Encoding(**ENCODING_CONSTRUCTORS[name]())
+    assert ours.token_byte_values() == reference.token_byte_values()  # every token, in order
+    assert ours.n_vocab == reference.n_vocab
+    for text in _SAMPLES:
+        assert ours.encode_ordinary(text) == reference.encode_ordinary(text)
+        assert ours.encode(text, allowed_special="all") == reference.encode(
+            text, allowed_special="all"
+        )
+        assert ours.decode(ours.encode_ordinary(text)) == text
+
+
+_LAZY_CHECK = textwrap.dedent(
+    """
+    import pickle, sys
+    import tiktoken.registry
+    from gateway import tokens
+
+    def rss_mb():
+        with open("/proc/self/status") as status:
+            return next(int(l.split()[1]) for l in status if l.startswith("VmRSS")) / 1024
+
+    assert not tiktoken.registry.ENCODINGS  # nothing loaded at import
+    counter = tokens.TokenCounter()
+    before = rss_mb()
+    assert counter.count_text("tiktoken is great!", "gpt-4o") == 6
+    grown = rss_mb() - before
+    assert counter.count_text("tiktoken is great!", "openai/gpt-4o-mini") == 6
+    # Only the encoding the models in use need, and one object for the whole process.
+    assert sorted(tiktoken.registry.ENCODINGS) == ["o200k_base"]
+    enc = counter.encoding("gpt-4o")
+    assert counter.encoding("openai/gpt-4o-mini") is enc
+    assert tokens.get_encoding("o200k_base") is enc is tiktoken.get_encoding("o200k_base")
+    # Registered encodings pickle by name, so emptying the Python vocabulary loses nothing.
+    copy = pickle.loads(pickle.dumps(enc))
+    assert copy.encode_ordinary("tiktoken is great!") == enc.encode_ordinary("tiktoken is great!")
+    print(round(grown, 1))
+    """
+)
+
+
+def test_encodings_load_on_first_use_once_and_lean(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", _LAZY_CHECK],
+        env=_offline_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    # o200k_base takes ~45 MB resident once loaded, ~73 MB if tiktoken's Python copy of the
+    # vocabulary (200k bytes objects) were kept next to the Rust one.
+    assert float(result.stdout) < 62, f"loading o200k_base grew RSS by {result.stdout} MB"
