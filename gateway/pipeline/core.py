@@ -345,7 +345,9 @@ class Pipeline:
             headers["x-tollgate-deployment"] = deployment_name
             headers["x-tollgate-attempts"] = str(record.attempts)
             if isinstance(opened, UpstreamReply):
-                result = await self._reply(opened, record, headers, hold, price, cache_plan, prompt)
+                result = await self._reply(
+                    opened, record, headers, hold, price, cache_plan, prompt, deployment.model
+                )
                 record.overhead_ms = (record.ttft_ms or 0.0) - upstream_s * 1000
                 attempt.succeeded(record.completion_tokens)
                 return result
@@ -423,6 +425,7 @@ class Pipeline:
         price: Price,
         cache_plan: CachePlan | None,
         counted: PromptCount,
+        model: str,
     ) -> JsonResult:
         record.replica, record.error_type = reply.replica, None
         record.ttft_ms = record.total_ms = (time.perf_counter() - record.started) * 1000
@@ -435,7 +438,7 @@ class Pipeline:
             return JsonResult(reply.status, reply.body, reply.content_type, headers)
         usage = reply.usage
         if usage is None:
-            usage = self._usage_from_text(reply.body, record, await counted.exactly_async())
+            usage = self._usage_from_text(reply.body, model, await counted.exactly_async())
         record.prompt_tokens = usage.prompt_tokens or await counted.exactly_async()
         record.completion_tokens, record.cached_tokens = (
             usage.completion_tokens,
@@ -465,8 +468,9 @@ class Pipeline:
         self._background.spawn(settle_and_write(hold, self._cache, charge, pending))
         return JsonResult(reply.status, reply.body, reply.content_type, headers)
 
-    def _usage_from_text(self, body: bytes, record: RequestRecord, prompt_tokens: int) -> Usage:
-        """An upstream that reports no usage: count the answer's text ourselves."""
+    def _usage_from_text(self, body: bytes, model: str, prompt_tokens: int) -> Usage:
+        """An upstream that reports no usage: count the answer's text ourselves (with the
+        deployment's upstream model's tokenizer)."""
         try:
             parsed: Any = orjson.loads(body)
             texts = [
@@ -475,7 +479,6 @@ class Pipeline:
             ]
         except (orjson.JSONDecodeError, AttributeError, TypeError):
             texts = []
-        model = record.deployment or ""
         completion = sum(self._tokens.count_text(t, model) for t in texts if isinstance(t, str))
         return Usage(prompt_tokens, completion, 0)
 

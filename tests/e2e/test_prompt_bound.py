@@ -12,7 +12,7 @@ import pytest
 
 from gateway.tokens import TokenCounter
 from tests.e2e.conftest import SEARCH_KEY, Gateway, GatewayFactory, sim_policy
-from tests.support.bad_upstream import bad_upstream
+from tests.support.bad_upstream import NO_USAGE_ANSWER, bad_upstream
 
 BOUND_ABOVE = 256
 AUTH = {"authorization": f"Bearer {SEARCH_KEY}", "content-type": "application/json"}
@@ -102,5 +102,5 @@ async def test_without_usage_from_upstream_the_prompt_is_counted_exactly(
         assert response.status_code == 200, response.text
         counter = TokenCounter()
         prompt = counter.count_chat(orjson.loads(body)["messages"], "gpt-4o")
-        completion = counter.count_text("four tokens right here", "gpt-4o")
+        completion = counter.count_text(NO_USAGE_ANSWER, "gpt-4o")
         assert await _used(gateway) == (prompt + completion, 0)

@@ -27,6 +27,10 @@ def _chunk(text: str, finish: str | None = None) -> bytes:
     return b"data: " + orjson.dumps(payload) + b"\n\n"
 
 
+# cl100k and o200k count it differently (30 and 21 tokens): the wrong tokenizer shows.
+NO_USAGE_ANSWER = "Die Größenwahn-Naïveté 東京タワーの夜景は綺麗です"
+
+
 class BadUpstream:
     """Serves ``/{fault}/v1/...``; ``calls`` counts requests per fault."""
 
@@ -71,7 +75,7 @@ class BadUpstream:
                 "choices": [
                     {
                         "index": 0,
-                        "message": {"role": "assistant", "content": "four tokens right here"},
+                        "message": {"role": "assistant", "content": NO_USAGE_ANSWER},
                         "finish_reason": "stop",
                     }
                 ],
