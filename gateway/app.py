@@ -249,6 +249,7 @@ def create_app(settings: Settings, *, handle_signals: bool = False) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services = await build_services(settings)
         app.state.services = services
+        await asyncio.to_thread(services.pipeline.warm_tokenizers)
         # Everything allocated so far lives as long as the process: move it out of the
         # collector's sight, so full collections under load scan only request garbage (they took
         # 70-80 ms with ~145k objects tracked, 1-2 ms after this).

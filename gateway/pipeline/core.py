@@ -105,6 +105,18 @@ class Pipeline:
         self._breakers = breakers
         self._count_below = count_exactly_below_bytes
 
+    @property
+    def tokens(self) -> TokenCounter:
+        return self._tokens
+
+    def warm_tokenizers(self) -> None:
+        """Load the encodings requests count with (each route's first candidate's model), so
+        the first request does not load one on the event loop. Blocking: run it in a thread."""
+        document = self._policy().document
+        for route in document.routes.values():
+            if route.candidates:
+                self._tokens.encoding(document.models[route.candidates[0]].model)
+
     async def handle(
         self,
         endpoint: Endpoint,

@@ -19,6 +19,11 @@ async def test_models_lists_only_the_teams_routes(gateway: Gateway) -> None:
     assert model.id == "chat" and model.object == "model"
 
 
+async def test_each_routes_tokenizer_is_loaded_before_the_first_request(gateway: Gateway) -> None:
+    loaded = gateway.services.pipeline.tokens.encodings
+    assert set(loaded) == {"sim-chat", "sim-embed"}  # the first candidates' models
+
+
 async def test_chat_completion(gateway: Gateway) -> None:
     raw = await gateway.client().chat.completions.with_raw_response.create(
         model="chat", messages=MESSAGES, max_tokens=7
