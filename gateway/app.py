@@ -272,6 +272,9 @@ def create_app(settings: Settings, *, handle_signals: bool = False) -> FastAPI:
     app = FastAPI(
         title="Tollgate",
         lifespan=lifespan,
+        # FastAPI's own OpenTelemetry hooks look up three global providers on every request;
+        # the gateway exports Prometheus metrics and its access log instead.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
         docs_url=None,
         redoc_url=None,
         openapi_url=None,
