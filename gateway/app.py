@@ -147,7 +147,7 @@ async def build_services(settings: Settings) -> Services:
     policies.on_swap.append(lambda _old, new: upstreams.update(new))
     state = StateStore(settings.redis_url, settings.redis_prefix)
     limiter: Limiter = (
-        RedisLimiter(state.redis, settings.redis_prefix)
+        RedisLimiter(state.redis, settings.redis_prefix, scripts=state.scripts)
         if state.redis is not None
         else MemoryLimiter(settings.redis_prefix)
     )

@@ -3,6 +3,10 @@
 The embedded default keeps what would live in Redis in process (one worker only, since nothing
 would be shared between workers). Budget counters, routing statistics and the prompt cache build
 on this.
+
+Two clients share the Redis: redis-py for everything else and, for a standalone Redis at a plain
+``redis://``/``rediss://`` URL, a lean script runner (:mod:`gateway.redis_scripts`) for the
+budget's Lua calls, the two round trips every request makes.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from gateway.budget import fail_fast_options
+from gateway.redis_scripts import ScriptClient
 
 log = logging.getLogger("tollgate.state")
 
@@ -29,9 +34,14 @@ class StateStore:
         prefix: str,
         max_connections: int = 64,
         socket_timeout_s: float = 2.0,
+        *,
+        lean_scripts: bool = True,
     ) -> None:
         self.prefix = prefix
         self.redis: aioredis.Redis | None = None
+        # None when the URL is one only redis-py handles (unix socket, Sentinel, options in
+        # the query string): the scripts then run through redis-py, as everything else does.
+        self.scripts: ScriptClient | None = None
         if redis_url:
             # A bounded pool that makes requests wait for a free connection: a burst of
             # requests must not open hundreds of sockets at once (connection storms time out
@@ -48,6 +58,10 @@ class StateStore:
                 **fail_fast_options(socket_timeout_s),
             )
             self.redis = aioredis.Redis(connection_pool=pool)
+            if lean_scripts:
+                # Same deadline as redis-py's socket timeout; no pool: it pipelines callers
+                # over one connection.
+                self.scripts = ScriptClient.from_url(redis_url, socket_timeout_s=socket_timeout_s)
 
     @property
     def backend(self) -> str:
@@ -68,5 +82,7 @@ class StateStore:
         }
 
     async def aclose(self) -> None:
+        if self.scripts is not None:
+            await self.scripts.aclose()
         if self.redis is not None:
             await self.redis.aclose()

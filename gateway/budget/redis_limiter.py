@@ -1,7 +1,9 @@
 """The limiter over Redis (standalone or Cluster): each operation is one EVALSHA.
 
 Scripts are registered once (``register_script``): they run by SHA and are loaded again by
-themselves after a Redis restart or failover (``NOSCRIPT``).
+themselves after a Redis restart or failover (``NOSCRIPT``). They are registered on redis-py's
+client, or on a leaner ``scripts`` runner when one is given (the gateway passes one for a
+standalone Redis: see :mod:`gateway.redis_scripts`); either way the failures below apply.
 
 When Redis does not answer, every operation raises :class:`BudgetUnavailable` at once (bounded by
 the client's socket timeouts: configure them short, and without redis-py's default retries):
@@ -17,13 +19,13 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Sequence
 from importlib import resources
-from typing import Any
+from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
@@ -36,6 +38,18 @@ _WITH_HELPERS = frozenset({"admit", "extend", "read"})
 _UNAVAILABLE = "The budget store is unavailable; try again shortly."
 
 RedisClient = aioredis.Redis | aioredis.RedisCluster
+
+
+class Script(Protocol):
+    """A registered script: ``await script(keys, args)`` runs it (redis-py's AsyncScript is one)."""
+
+    def __call__(self, keys: Sequence[str], args: Sequence[Arg]) -> Awaitable[Any]: ...
+
+
+class ScriptRunner(Protocol):
+    """What registers scripts: a redis-py client, or any runner with the same method."""
+
+    def register_script(self, script: str) -> Script: ...
 
 
 def fail_fast_options(timeout_s: float = 0.25) -> dict[str, Any]:
@@ -79,7 +93,10 @@ class RedisLimiter(Limiter):
         late_settle_s: float = 3600.0,
         sweep_batch: int = 16,
         max_hold_s: float = 3600.0,
+        scripts: ScriptRunner | None = None,
     ) -> None:
+        """``scripts`` runs the Lua scripts instead of ``redis`` when given (a runner bound to
+        the same Redis)."""
         super().__init__(
             prefix,
             hold_margin_s=hold_margin_s,
@@ -90,11 +107,12 @@ class RedisLimiter(Limiter):
         self.redis = redis
         self.probe_interval_s = probe_interval_s
         self.log_interval_s = log_interval_s
-        scripts = {name: redis.register_script(script_source(name)) for name in _SCRIPTS}
-        self._admit_script: AsyncScript = scripts["admit"]
-        self._settle_script: AsyncScript = scripts["settle"]
-        self._extend_script: AsyncScript = scripts["extend"]
-        self._read_script: AsyncScript = scripts["read"]
+        runner: ScriptRunner = redis if scripts is None else scripts
+        registered = {name: runner.register_script(script_source(name)) for name in _SCRIPTS}
+        self._admit_script = registered["admit"]
+        self._settle_script = registered["settle"]
+        self._extend_script = registered["extend"]
+        self._read_script = registered["read"]
         self._healthy = True
         self._last_error: str | None = None
         self._down_since = 0.0  # monotonic
@@ -146,7 +164,7 @@ class RedisLimiter(Limiter):
         found: list[int] = await self._call(self._read_script, keys, args)
         return found
 
-    async def _call(self, script: AsyncScript, keys: list[str], args: list[Arg]) -> Any:
+    async def _call(self, script: Script, keys: list[str], args: list[Arg]) -> Any:
         if not self._healthy and time.monotonic() < self._retry_at:
             self._failures += 1
             raise BudgetUnavailable(_UNAVAILABLE)

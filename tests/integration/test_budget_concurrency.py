@@ -1,7 +1,9 @@
 """Many gateways, one Redis: 300 concurrent requests from 3 processes never overspend.
 
 Each process has its own event loop, Redis client and limiter (as three gateway replicas would);
-they start together on a barrier and fire all their requests at once. The numbers measured are
+they start together on a barrier and fire all their requests at once. Each test runs with the
+scripts on redis-py (a pool of connections) and on the lean script client (one pipelined
+connection per process, as the gateway runs them). The numbers measured are
 printed (run with ``-s``), never asserted.
 """
 
@@ -15,14 +17,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 import redis.asyncio as aioredis
 
 from gateway.budget import Charge, RedisLimiter, build_plan
 from gateway.policy.schema import Defaults, Team
+from gateway.redis_scripts import ScriptClient
 
 PROCESSES = 3
 PER_PROCESS = 100
 MINUTE_END = datetime(2026, 11, 26, 12, 1, 0, tzinfo=UTC).timestamp()
+RUNNERS = pytest.mark.parametrize("runner", ["redis", "redis-lean"])
 
 
 @dataclass(frozen=True)
@@ -48,16 +53,18 @@ def _worker(
     jobs: list[Job],
     barrier: Any,
     results: Any,
+    runner: str,
 ) -> None:
     """One gateway process: fire every job concurrently, report what happened."""
-    results.put(asyncio.run(_serve(url, prefix, team_spec, jobs, barrier)))
+    results.put(asyncio.run(_serve(url, prefix, team_spec, jobs, barrier, runner)))
 
 
 async def _serve(
-    url: str, prefix: str, team_spec: dict[str, Any], jobs: list[Job], barrier: Any
+    url: str, prefix: str, team_spec: dict[str, Any], jobs: list[Job], barrier: Any, runner: str
 ) -> list[Outcome]:
     client = aioredis.from_url(url, max_connections=PER_PROCESS + 10)
-    limiter = RedisLimiter(client, prefix)
+    scripts = ScriptClient.from_url(url) if runner == "redis-lean" else None
+    limiter = RedisLimiter(client, prefix, scripts=scripts)
     plan = build_plan("search", Team.model_validate(team_spec), Defaults())
     # Load the scripts and open connections before the start line, so the race is the real one.
     await asyncio.gather(*(client.ping() for _ in range(PER_PROCESS)))
@@ -79,17 +86,21 @@ async def _serve(
     try:
         return list(await asyncio.gather(*(one(job) for job in jobs)))
     finally:
+        if scripts is not None:
+            await scripts.aclose()
         await client.aclose()
 
 
 def run_processes(
-    url: str, prefix: str, team_spec: dict[str, Any], jobs: list[list[Job]]
+    url: str, prefix: str, team_spec: dict[str, Any], jobs: list[list[Job]], runner: str
 ) -> list[Outcome]:
     context = multiprocessing.get_context("spawn")
     barrier = context.Barrier(len(jobs))
     results = context.Queue()
     processes = [
-        context.Process(target=_worker, args=(url, prefix, team_spec, share, barrier, results))
+        context.Process(
+            target=_worker, args=(url, prefix, team_spec, share, barrier, results, runner)
+        )
         for share in jobs
     ]
     started = time.perf_counter()
@@ -100,7 +111,10 @@ def run_processes(
         process.join(timeout=30)
         assert process.exitcode == 0
     elapsed = time.perf_counter() - started
-    print(f"\n{len(outcomes)} requests from {len(jobs)} processes in {elapsed:.2f}s (with spawn)")
+    print(
+        f"\n{runner}: {len(outcomes)} requests from {len(jobs)} processes "
+        f"in {elapsed:.2f}s (with spawn)"
+    )
     return outcomes
 
 
@@ -123,13 +137,14 @@ def used_now(url: str, prefix: str, team_spec: dict[str, Any], now: float) -> di
     return asyncio.run(read())
 
 
+@RUNNERS
 def test_a_token_budget_is_never_overspent_by_concurrent_gateways(
-    redis_url: str, redis_prefix: str
+    redis_url: str, redis_prefix: str, runner: str
 ) -> None:
     spec = {"budgets": [{"tokens": 2000, "window": "day"}]}
     now = MINUTE_END - 30
     jobs = [Job(f"t{i}", now, Charge(20), Charge(20)) for i in range(PROCESSES * PER_PROCESS)]
-    outcomes = run_processes(redis_url, redis_prefix, spec, split(jobs))
+    outcomes = run_processes(redis_url, redis_prefix, spec, split(jobs), runner)
 
     admitted = [o for o in outcomes if o.admitted]
     assert sum(o.settled.tokens for o in admitted) <= 2000
@@ -142,15 +157,16 @@ def test_a_token_budget_is_never_overspent_by_concurrent_gateways(
     }
 
 
+@RUNNERS
 def test_a_dollar_budget_is_never_overspent_by_concurrent_gateways(
-    redis_url: str, redis_prefix: str
+    redis_url: str, redis_prefix: str, runner: str
 ) -> None:
     spec = {"budgets": [{"usd": 0.05, "window": "month"}]}
     now = MINUTE_END - 30
     # 20 tokens at $25 per million = $0.0005 a request: at most 100 fit in $0.05.
     estimate = Charge(20, 500_000)
     jobs = [Job(f"u{i}", now, estimate, estimate) for i in range(PROCESSES * PER_PROCESS)]
-    outcomes = run_processes(redis_url, redis_prefix, spec, split(jobs))
+    outcomes = run_processes(redis_url, redis_prefix, spec, split(jobs), runner)
 
     admitted = [o for o in outcomes if o.admitted]
     spent = sum(o.settled.nano_usd for o in admitted)
@@ -160,8 +176,9 @@ def test_a_dollar_budget_is_never_overspent_by_concurrent_gateways(
     assert used_now(redis_url, redis_prefix, spec, now) == {"usd/month": spent}
 
 
+@RUNNERS
 def test_rpm_holds_in_each_minute_when_traffic_crosses_the_boundary(
-    redis_url: str, redis_prefix: str
+    redis_url: str, redis_prefix: str, runner: str
 ) -> None:
     spec = {"limits": {"rpm": 40}}
     before, after = MINUTE_END - 0.5, MINUTE_END + 0.5
@@ -169,7 +186,7 @@ def test_rpm_holds_in_each_minute_when_traffic_crosses_the_boundary(
         Job(f"m{i}", before if i % 2 else after, Charge(5), Charge(5))
         for i in range(PROCESSES * PER_PROCESS)
     ]
-    outcomes = run_processes(redis_url, redis_prefix, spec, split(jobs))
+    outcomes = run_processes(redis_url, redis_prefix, spec, split(jobs), runner)
 
     by_minute = Counter(
         ("before" if job.now < MINUTE_END else "after")

@@ -24,6 +24,7 @@ from gateway.budget import (
 )
 from gateway.errors import QuotaExceeded, RateLimited
 from gateway.policy.schema import Defaults, Team
+from gateway.redis_scripts import ScriptClient
 
 NOON = datetime(2026, 11, 26, 12, 0, 0, tzinfo=UTC).timestamp()
 MIDNIGHT = datetime(2026, 11, 27, 0, 0, 0, tzinfo=UTC).timestamp()
@@ -34,17 +35,22 @@ def plan_of(spec: dict[str, Any], name: str = "search") -> BudgetPlan:
     return build_plan(name, Team.model_validate(spec), Defaults())
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "redis-lean"])
 async def limiter(
     request: pytest.FixtureRequest, redis_url: str, redis_prefix: str
 ) -> AsyncIterator[Limiter]:
+    """In process; on Redis through redis-py; on Redis through the lean script client (what
+    the gateway runs the scripts on for a standalone Redis)."""
     if request.param == "memory":
         yield MemoryLimiter(redis_prefix)
         return
     client = aioredis.from_url(redis_url)
+    scripts = ScriptClient.from_url(redis_url) if request.param == "redis-lean" else None
     try:
-        yield RedisLimiter(client, redis_prefix)
+        yield RedisLimiter(client, redis_prefix, scripts=scripts)
     finally:
+        if scripts is not None:
+            await scripts.aclose()
         await client.aclose()
 
 

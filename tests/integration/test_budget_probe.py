@@ -23,6 +23,7 @@ from gateway.budget import (
     build_plan,
 )
 from gateway.policy.schema import Defaults, Team
+from gateway.redis_scripts import ScriptClient
 
 NOON = datetime(2026, 11, 26, 12, 0, 0, tzinfo=UTC).timestamp()
 
@@ -41,9 +42,17 @@ async def client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
         await found.aclose()
 
 
-@pytest.fixture
-def limiter(client: aioredis.Redis, redis_prefix: str) -> RedisLimiter:
-    return RedisLimiter(client, redis_prefix)
+@pytest.fixture(params=["redis", "redis-lean"])
+async def limiter(
+    request: pytest.FixtureRequest, client: aioredis.Redis, redis_url: str, redis_prefix: str
+) -> AsyncIterator[RedisLimiter]:
+    """The scripts run through redis-py, or through the lean script client."""
+    scripts = ScriptClient.from_url(redis_url) if request.param == "redis-lean" else None
+    try:
+        yield RedisLimiter(client, redis_prefix, scripts=scripts)
+    finally:
+        if scripts is not None:
+            await scripts.aclose()
 
 
 def probe_of(limiter: RedisLimiter, token: str = "tok", count_hit: bool = True) -> Probe:

@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 from gateway.budget import Charge, Limiter, MemoryLimiter, RedisLimiter, build_plan
 from gateway.budget.redis_limiter import fail_fast_options
 from gateway.policy.schema import Defaults, Team
+from gateway.redis_scripts import ScriptClient
 
 ROUNDS = 5000
 PLAN = build_plan(
@@ -71,14 +72,15 @@ def report(name: str, numbers: dict[str, float]) -> None:
     print(f"\n{name} ({ROUNDS} rounds): {shown}")
 
 
-@pytest.mark.parametrize("backend", ["memory", "redis"])
+@pytest.mark.parametrize("backend", ["memory", "redis", "redis-lean"])
 async def test_reserve_and_settle_cost(backend: str, redis_url: str, redis_prefix: str) -> None:
     if backend == "memory":
         report("in-process limiter", await measure(MemoryLimiter(redis_prefix)))
         return
     client = aioredis.from_url(redis_url, **fail_fast_options())
+    scripts = ScriptClient.from_url(redis_url) if backend == "redis-lean" else None
     try:
-        numbers = await measure(RedisLimiter(client, redis_prefix))
+        numbers = await measure(RedisLimiter(client, redis_prefix, scripts=scripts))
         pings = []
         for _ in range(1000):
             started = time.perf_counter()
@@ -86,5 +88,8 @@ async def test_reserve_and_settle_cost(backend: str, redis_url: str, redis_prefi
             pings.append(time.perf_counter() - started)
         numbers["PING p50 (one round trip, for scale)"] = percentile(pings, 0.5)
     finally:
+        if scripts is not None:
+            await scripts.aclose()
         await client.aclose()
-    report(f"Redis limiter at {redis_url}", numbers)
+    runner = "the lean script client" if scripts else "redis-py"
+    report(f"Redis limiter at {redis_url} on {runner}", numbers)
