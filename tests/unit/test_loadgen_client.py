@@ -176,7 +176,9 @@ async def test_open_loop_counts_latency_from_the_schedule(server: Server) -> Non
     latencies = [s.latency_s for s in result.samples]
     assert [s.error for s in result.samples] == [None] * 8
     for k, latency in enumerate(latencies):
-        assert latency >= 0.1 + 0.05 * k - 0.002, (k, latencies)
+        # 10 ms of slack for scheduling on a busy machine; a send-started clock would be
+        # ~350 ms short for the last request.
+        assert latency >= 0.1 + 0.05 * k - 0.01, (k, latencies)
     report = summarize(config, result)
     assert report["latency_ms"]["max"] >= 440
     print("latencies (ms):", [round(x * 1000) for x in latencies])
