@@ -40,7 +40,7 @@ from gateway.budget import (
     Probe,
     completion_limit,
 )
-from gateway.cache import CachePlan, PromptCache
+from gateway.cache import CacheEntry, CachePlan, PromptCache
 from gateway.errors import (
     GatewayError,
     NotFound,
@@ -211,7 +211,7 @@ class Pipeline:
     async def _serve_hit(
         self,
         plan: CachePlan,
-        hit: Any,
+        hit: CacheEntry,
         hold: Hold,
         record: RequestRecord,
         headers: dict[str, str],
@@ -409,7 +409,7 @@ class Pipeline:
         estimate: Charge,
         route: Route,
         headers: dict[str, str],
-    ) -> tuple[Any, bool]:
+    ) -> tuple[CacheEntry | None, bool]:
         """The cache lookup and the reserve in one round trip: (the hit or None, whether the
         hit was counted already). On a miss the hold is made unless another replica held the
         key's lock (then the lookup waited for its answer and the caller reserves now)."""
