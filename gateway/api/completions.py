@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from gateway import validate
 from gateway.api.deps import api_key
 from gateway.api.failures import note_error
-from gateway.errors import ClientGone, GatewayError, PayloadTooLarge
+from gateway.errors import ClientGone, GatewayError, InvalidRequest, PayloadTooLarge
 from gateway.pipeline import JsonResult, StreamResult
 from gateway.providers.base import Endpoint
 from gateway.record import RequestRecord
@@ -52,10 +52,13 @@ class CompletionEndpoints:
         self._services = services
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
+        if scope["type"] == "http":
             endpoint = ENDPOINTS.get(scope["path"])
             if endpoint is not None:
-                await self._serve(endpoint, scope, receive, send)
+                if scope["method"] == "POST":
+                    await self._serve(endpoint, scope, receive, send)
+                else:
+                    await _refuse_method(scope, send)
                 return
         await self.app(scope, receive, send)
 
@@ -92,6 +95,17 @@ class CompletionEndpoints:
             await _send_stream(send, receive, result)
         else:
             await _send_json(send, result)
+
+
+async def _refuse_method(scope: Scope, send: Send) -> None:
+    error = InvalidRequest(
+        f"Method {scope['method']} is not allowed for {scope['path']}; use POST.",
+        status=405,
+        code="method_not_allowed",
+    )
+    note_error(scope["state"]["record"], error)
+    headers = [(b"content-type", _JSON), (b"allow", b"POST")]
+    await _send_whole(send, 405, headers, error.body())
 
 
 async def read_body(receive: Receive, headers: Mapping[str, str], limit: int) -> bytes:

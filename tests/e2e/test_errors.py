@@ -167,6 +167,17 @@ async def test_unknown_v1_path_is_openai_404(gateway: Gateway) -> None:
     _envelope(response.json())
 
 
+async def test_a_wrong_method_on_an_openai_endpoint_is_405(gateway: Gateway) -> None:
+    for path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings"):
+        response = await gateway.http.get(path, headers={"authorization": f"Bearer {SEARCH_KEY}"})
+        assert response.status_code == 405, path
+        assert response.headers["allow"] == "POST"
+        assert _envelope(response.json())["code"] == "method_not_allowed"
+    # The gateway keeps serving.
+    ok = await gateway.http.get("/v1/models", headers={"authorization": f"Bearer {SEARCH_KEY}"})
+    assert ok.status_code == 200
+
+
 async def test_admin_needs_the_admin_key(gateway: Gateway) -> None:
     response = await gateway.http.post(
         "/admin/policy/reload", headers={"authorization": "Bearer x"}
