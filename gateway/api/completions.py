@@ -88,8 +88,8 @@ class CompletionEndpoints:
                     return
         except GatewayError as error:
             note_error(record, error)
-            extra = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in error.headers.items()]
-            await _send_whole(send, error.status, [(b"content-type", _JSON), *extra], error.body())
+            headers_out = [(b"content-type", _JSON), *_encode(error.headers)]
+            await _send_whole(send, error.status, headers_out, error.body())
             return
         if isinstance(result, StreamResult):
             await _send_stream(send, receive, result)

@@ -195,16 +195,7 @@ class PromptCache:
         if probe and locks is not None and locks.available and plan.settings.scope == "team":
             plan.probe_token = secrets.token_hex(8)
             return None
-        try:
-            raw = await self._read_as_leader(plan)
-        except BaseException:
-            self.abandon(plan)
-            raise
-        found = self._found(plan, raw)
-        if found is not None:
-            ticket.finish(raw)
-            plan.ticket = None
-        return found
+        return await self._lead(plan, ticket)
 
     async def probed(
         self, plan: CachePlan, value: bytes | None, *, locked: bool, busy: bool
@@ -216,34 +207,38 @@ class PromptCache:
         ticket = plan.ticket
         if token is None or ticket is None:
             return None
-        try:
-            if busy:
-                value = await self._read_as_leader(plan, first=(None, False))
-            elif locked:
-                plan.lock_token = token
-        except BaseException:
-            self.abandon(plan)
-            raise
-        found = self._found(plan, value)
-        if found is not None:
-            ticket.finish(value)
-            plan.ticket = None
-        return found
+        if busy:
+            return await self._lead(plan, ticket, first=(None, False))
+        if locked:
+            plan.lock_token = token
+        return self._leader_found(plan, ticket, value)
 
     async def lookup_unprobed(self, plan: CachePlan) -> CacheEntry | None:
         """Look up as :meth:`lookup` would have, for a plan whose probe never ran (the caller
         made no reservation to carry it)."""
-        if plan.probe_token is None:
+        ticket = plan.ticket
+        if plan.probe_token is None or ticket is None:
             return None
         plan.probe_token = None
-        ticket = plan.ticket
+        return await self._lead(plan, ticket)
+
+    async def _lead(
+        self, plan: CachePlan, ticket: Ticket, first: tuple[bytes | None, bool] | None = None
+    ) -> CacheEntry | None:
+        """The flight leader's read of the shared store (see :meth:`_read_as_leader`)."""
         try:
-            raw = await self._read_as_leader(plan)
+            raw = await self._read_as_leader(plan, first)
         except BaseException:
             self.abandon(plan)
             raise
+        return self._leader_found(plan, ticket, raw)
+
+    def _leader_found(
+        self, plan: CachePlan, ticket: Ticket, raw: bytes | None
+    ) -> CacheEntry | None:
+        """A leader's read: on a hit, its followers get the entry and the flight ends."""
         found = self._found(plan, raw)
-        if found is not None and ticket is not None:
+        if found is not None:
             ticket.finish(raw)
             plan.ticket = None
         return found
