@@ -21,6 +21,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp
 
 from gateway import gauges
 from gateway.api import admin, health, openai, reports
@@ -269,7 +270,8 @@ def create_app(settings: Settings, *, handle_signals: bool = False) -> FastAPI:
             if access is not None:
                 access.flush()
 
-    app = FastAPI(
+    app = _GatewayApp(
+        access,
         title="Tollgate",
         lifespan=lifespan,
         # FastAPI's own OpenTelemetry hooks look up three global providers on every request;
@@ -288,16 +290,37 @@ def create_app(settings: Settings, *, handle_signals: bool = False) -> FastAPI:
     app.add_exception_handler(GatewayError, _gateway_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
-    # Innermost first: the raw endpoints run inside the request context (ids, access log).
-    app.add_middleware(CompletionEndpoints, services=lambda: app.state.services)
-    app.add_middleware(RequestContext, access_log=access, finish=lambda r: _finish(app, r))
+    # An error no handler expected, in a FastAPI route: Starlette's outermost layer answers
+    # with this (in the OpenAI format) and re-raises for the request context to log.
+    app.add_exception_handler(Exception, _unexpected_error)
     return app
 
 
-def _finish(app: FastAPI, record: RequestRecord) -> None:
-    services: Services | None = getattr(app.state, "services", None)
-    if services is not None:
-        services.finish(record)
+class _GatewayApp(FastAPI):
+    """FastAPI with the request context and the three billed endpoints outside its stack.
+
+    Those endpoints are nearly all the traffic and use nothing of Starlette's error, telemetry
+    and body-limit layers, which otherwise wrap every request and every ``send`` (the raw lane
+    does its own error handling and body limit). Everything else (admin, reports, health,
+    metrics, models, unknown paths) still goes through FastAPI's whole stack.
+    """
+
+    def __init__(self, access_log: AccessLog | None, **kwargs: Any) -> None:
+        self._access_log = access_log
+        super().__init__(**kwargs)
+
+    def build_middleware_stack(self) -> ASGIApp:
+        lane = CompletionEndpoints(super().build_middleware_stack(), services=self._services)
+        return RequestContext(lane, access_log=self._access_log, finish=self._finish)
+
+    def _services(self) -> Services:
+        found: Services = self.state.services
+        return found
+
+    def _finish(self, record: RequestRecord) -> None:
+        services: Services | None = getattr(self.state, "services", None)
+        if services is not None:
+            services.finish(record)
 
 
 def create_app_from_env() -> FastAPI:
@@ -350,3 +373,10 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 async def _validation_error(request: Request, exc: Exception) -> Response:
     return _error_response(request, InvalidRequest("The request is malformed."))
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> Response:
+    record: RequestRecord | None = request.scope.get("state", {}).get("record")
+    request_id = record.request_id if record is not None else "unknown"
+    error = GatewayError(f"The gateway failed to handle this request (request id {request_id}).")
+    return Response(error.body(), error.status, media_type="application/json")

@@ -107,6 +107,9 @@ def _serve(settings: Settings) -> None:
         "loop": "uvloop",
         "http": "httptools",
         "server_header": False,
+        # Nothing in the gateway reads the client's address, so X-Forwarded-* need no
+        # rewriting: one ASGI layer less on every request.
+        "proxy_headers": False,
     }
     if settings.workers == 1:
         from gateway.app import create_app

@@ -150,9 +150,12 @@ class Pipeline:
 
         hold = Hold(self._limiter, self.plans.get(policy, principal.team), record)
         out_headers = {"x-tollgate-route": route_name}
-        cache_plan = self._cache.plan(
-            policy.document, route_name, endpoint.value, body, headers, principal.team
-        )
+        cache_args = (policy.document, route_name, endpoint.value, body, headers, principal.team)
+        if self._bounded(record):
+            # A prompt too big to count up front is also too big to hash on the event loop.
+            cache_plan = await self._cache.plan_off_loop(*cache_args)
+        else:
+            cache_plan = self._cache.plan(*cache_args)
         if cache_plan is not None:
             record.cache = cache_plan.status
             out_headers["x-tollgate-cache"] = cache_plan.status
