@@ -38,6 +38,22 @@ def machine(repo: Path) -> Json:
     }
 
 
+def _idle_lines(idle: Json | None) -> list[str]:
+    """One line on what idling costs here (bench/idle_probe.py), when the run measured it."""
+    rows = (idle or {}).get("rows") or []
+    if len(rows) < 2:
+        return []
+    first, last = rows[0], rows[-1]
+    return [
+        f"Idle penalty (bench/idle_probe.py): the same {first['python_work_us']['p50']} µs of "
+        f"Python takes {last['python_work_us']['p50']} µs after {last['gap_ms']:g} ms asleep; a "
+        f"loopback round trip takes {first['loopback_rtt_us']['p50']} µs back to back and "
+        f"{last['loopback_rtt_us']['p50']} µs (p99 {last['loopback_rtt_us']['p99']}) after the "
+        "same sleep. Both inflate the gateway's added time wherever requests arrive at an idle "
+        "process (one in flight with gaps, a paced stream's first token, low open-loop rates)."
+    ]
+
+
 def _git(repo: Path, *args: str) -> str:
     try:
         done = subprocess.run(
@@ -151,6 +167,7 @@ def markdown(doc: Json) -> str:
         f"Machine: {m.get('nproc', '?')} cores ({m.get('cpu_model', '?')}), Python "
         f"{m.get('python', '?')}, Linux {m.get('kernel', '?')}; load average at start "
         f"{_fmt(dig(doc, 'machine.loadavg_start.0'))}, at end {_fmt(dig(doc, 'loadavg_end.0'))}.",
+        *_idle_lines(m.get("idle")),
         f"Gateway: {dig(doc, 'features.workers') or 1} worker, policy "
         f"`{dig(doc, 'features.policy')}`, features on: "
         f"{', '.join(dig(doc, 'features.declared') or []) or '-'}.",

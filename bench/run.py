@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import measure, report, sections, services, stack
+from bench import idle_probe, measure, report, sections, services, stack
 from bench.load import RssSampler
 from bench.plan import SECTIONS, Plan
 from bench.procs import Processes
@@ -210,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if backends.redis_url:
             doc["machine"]["redis"] = services.check_redis(backends.redis_url)
+        # Before anything else runs: what idling costs on this machine (see bench/idle_probe).
+        doc["machine"]["idle"] = idle_probe.probe()
         if database is not None:
             database.recreate()
         with Processes(run_dir) as procs:

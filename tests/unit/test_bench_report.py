@@ -7,6 +7,7 @@ from typing import Any
 
 import orjson
 
+from bench.idle_probe import GAPS_MS, probe
 from bench.profile import frame_name, top_functions
 from bench.report import dig, evaluate, markdown, write
 
@@ -145,3 +146,27 @@ def test_frame_name_drops_line_numbers_and_install_paths() -> None:
     assert frame_name("send (aiohttp/client.py:878)") == "send (aiohttp/client.py)"
     long = "get (/work/main/.venv/lib/python3.11/site-packages/redis/client.py:12)"
     assert frame_name(long) == "get (redis/client.py)"
+
+
+def test_the_idle_probe_measures_every_gap_and_the_report_quotes_it() -> None:
+    idle = probe(rounds=5)
+    assert [row["gap_ms"] for row in idle["rows"]] == list(GAPS_MS)
+    for row in idle["rows"]:
+        work, rtt = row["python_work_us"], row["loopback_rtt_us"]
+        assert 0 < work["p50"] <= work["p90"] <= work["p99"]
+        assert 0 < rtt["p50"] <= rtt["p90"] <= rtt["p99"]
+    described = doc()
+    described["machine"]["idle"] = {
+        "rows": [
+            {"gap_ms": 0.0, "python_work_us": {"p50": 500}, "loopback_rtt_us": {"p50": 12}},
+            {
+                "gap_ms": 20.0,
+                "python_work_us": {"p50": 860},
+                "loopback_rtt_us": {"p50": 100, "p99": 5000},
+            },
+        ]
+    }
+    text = markdown(described)
+    assert "the same 500 µs of Python takes 860 µs after 20 ms asleep" in text
+    assert "12 µs back to back and 100 µs (p99 5000)" in text
+    assert "Idle penalty" not in markdown(doc())

@@ -1,0 +1,124 @@
+"""What this machine does to a process that has been idle: the context for every latency figure.
+
+Two probes, each run back to back and then with sleeps between the runs:
+
+* a fixed piece of Python work (JSON, dict and list walking, a regex: the kind of code a
+  request runs), timed alone. On a VM whose vCPU halts when idle, and whose host runs something
+  else on that core meanwhile, the same work is slower after a sleep: caches are cold.
+* a loopback TCP round trip to a second process, which also pays for waking that process.
+
+A request through the gateway runs more of both than the direct-to-stub baseline does (its own
+~0.5 ms of Python, plus hops to Redis and the upstream), so at one request in flight with idle gaps
+between requests (a paced stream's first token, a low open-loop rate) the gateway's added time is
+inflated by the machine, not only by the gateway. ``python -m bench.idle_probe`` prints the table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+Json = dict[str, Any]
+GAPS_MS = (0.0, 1.0, 5.0, 20.0)
+
+_MESSAGES = [{"role": "user", "content": f"hello number {i}", "n": i} for i in range(40)]
+_GRID = [list(range(200)) for _ in range(200)]
+_PATTERN = re.compile(rb"[^\x21-\x7e]")
+
+
+def python_work() -> int:
+    """About 0.5 ms of request-like Python on a quiet 2-core VM."""
+    total = 0
+    for _ in range(6):
+        decoded = json.loads(json.dumps(_MESSAGES))
+        total += len(decoded)
+        for row in _GRID[::7]:
+            total += sum(row[::13])
+        total += sum(1 for _ in range(300) if _PATTERN.search(b"abc"))
+    return total
+
+
+def _timed(run: Callable[[], object], gap_s: float, rounds: int) -> list[float]:
+    spent = []
+    for _ in range(rounds):
+        if gap_s:
+            time.sleep(gap_s)
+        started = time.perf_counter()
+        run()
+        spent.append((time.perf_counter() - started) * 1e6)
+    return sorted(spent)
+
+
+def _quantiles(us: list[float]) -> Json:
+    n = len(us)
+    return {f"p{q}": round(us[min(n - 1, n * q // 100)]) for q in (50, 90, 99)}
+
+
+def _echo_peer() -> tuple[socket.socket, int]:
+    """A forked process echoing bytes on a loopback connection; our end and its pid."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX)  # only to pass the port back
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    pid = os.fork()
+    if pid == 0:  # the echoing child: no Python beyond this loop, and it never returns
+        ours.close()
+        conn, _ = listener.accept()
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        while data := conn.recv(64):
+            conn.sendall(data)
+        os._exit(0)
+    listener.close()
+    theirs.close()
+    ours.close()
+    client = socket.create_connection(("127.0.0.1", port))
+    client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return client, pid
+
+
+def probe(rounds: int = 200) -> Json:
+    """Microseconds (p50/p90/p99) of the work and of a round trip, after each gap."""
+    client, pid = _echo_peer()
+
+    def round_trip() -> None:
+        client.sendall(b"x")
+        client.recv(64)
+
+    try:
+        rows: list[Json] = [
+            {
+                "gap_ms": gap_ms,
+                "python_work_us": _quantiles(_timed(python_work, gap_ms / 1000, rounds)),
+                "loopback_rtt_us": _quantiles(_timed(round_trip, gap_ms / 1000, rounds)),
+            }
+            for gap_ms in GAPS_MS
+        ]
+    finally:
+        client.close()
+        os.waitpid(pid, 0)
+    first, last = rows[0]["python_work_us"]["p50"], rows[-1]["python_work_us"]["p50"]
+    return {
+        "rounds": rounds,
+        "rows": rows,
+        "work_slowdown_after_idle": round(last / first, 2) if first else None,
+    }
+
+
+def main() -> None:
+    result = probe()
+    print(f"{'gap':>8} {'work p50/p90/p99 (us)':>24} {'loopback RTT p50/p90/p99 (us)':>32}")
+    for row in result["rows"]:
+        work, rtt = row["python_work_us"], row["loopback_rtt_us"]
+        print(
+            f"{row['gap_ms']:>6g}ms {work['p50']:>8}/{work['p90']}/{work['p99']:<10}"
+            f" {rtt['p50']:>12}/{rtt['p90']}/{rtt['p99']}"
+        )
+    print(f"the same work after {GAPS_MS[-1]:g} ms idle: x{result['work_slowdown_after_idle']}")
+
+
+if __name__ == "__main__":
+    main()
