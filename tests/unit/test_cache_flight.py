@@ -184,6 +184,28 @@ async def test_uncacheable_requests_bypass_and_routes_without_cache_have_no_plan
     assert cache.plan(bare, "chat", CHAT, BODY, {}, "search") is None
 
 
+async def test_a_plan_hashed_off_the_loop_names_the_same_entry() -> None:
+    """Big prompts are hashed in a worker thread; the key must be the one the loop would make,
+    and a route without a cache still has no plan (and costs no hash)."""
+    cache = PromptCache(MemoryCacheStore(), "t:")
+    doc = document()
+    big = {**BODY, "messages": [{"role": "user", "content": "word " * 40_000}]}
+    on_loop = cache.plan(doc, "chat", CHAT, big, {}, "search")
+    off_loop = await cache.plan_off_loop(doc, "chat", CHAT, big, {}, "search")
+    assert on_loop is not None and off_loop is not None
+    assert off_loop.key == on_loop.key and off_loop.status == on_loop.status == "miss"
+    other = await cache.plan_off_loop(doc, "chat", CHAT, BODY, {}, "search")
+    assert other is not None and other.key != on_loop.key
+    bare = PolicyDocument.model_validate(
+        {
+            "providers": {"sim": {"type": "sim"}},
+            "models": {"m": {"provider": "sim", "model": "m"}},
+            "routes": {"chat": {"candidates": ["m"]}},
+        }
+    )
+    assert await cache.plan_off_loop(bare, "chat", CHAT, big, {}, "search") is None
+
+
 async def relay(
     cache: PromptCache, plan: CachePlan, events: AsyncIterator[bytes]
 ) -> AsyncGenerator[bytes, None]:
