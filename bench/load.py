@@ -147,6 +147,24 @@ async def generator_capacity(
     return {"max_clean_rps": best, "steps": checked}
 
 
+def held(outcomes: Sequence[bool], tries: int = 3) -> bool | None:
+    """Whether a rate held, from its gateway steps so far; None: measure it once more.
+
+    A first step that passes decides. A failed one is measured again, up to ``tries`` steps,
+    and the majority decides: on a shared 2-core VM one burst from another process (or the
+    host) sinks a p99, and a single unlucky step must not end the search.
+    """
+    if outcomes and outcomes[0]:
+        return True
+    passes = sum(outcomes)
+    need = tries // 2 + 1
+    if passes >= need:
+        return True
+    if len(outcomes) - passes >= need:
+        return False
+    return None
+
+
 def bisect_rate(low: float, high: float, grain: float = 50.0) -> float | None:
     """The rate halfway between a pass and a failure, on a ``grain`` grid; None if none fits."""
     mid = round((low + high) / 2 / grain) * grain
@@ -190,31 +208,39 @@ async def find_max_rate(
             if generator_keeps_up(d):
                 break
             log(f"  {rate:>6.0f} req/s  direct p99 {d.latency_ms['p99']:.2f} ms: noisy, again")
-        g = await measured(gateway, rate)
-        ok, why = verdict(d, g, max_added_p99_ms)
-        added_p99 = g.latency_ms["p99"] - d.latency_ms["p99"]
-        steps.append(
-            {
-                "rate": rate,
-                "pass": ok,
-                "why": why,
-                "added_p99_ms": round(added_p99, 3),
-                "added_p50_ms": round(g.latency_ms["p50"] - d.latency_ms["p50"], 3),
-                "direct": step_json(d),
-                "gateway": step_json(g),
-            }
-        )
-        log(
-            f"  {rate:>6.0f} req/s  direct p99 {d.latency_ms['p99']:.2f} ms  {g.target} p50 "
-            f"{g.latency_ms['p50']:.2f} p99 {g.latency_ms['p99']:.2f} ms  achieved "
-            f"{g.achieved_rps:.0f}/s  {why}"
-        )
-        if not ok:
-            reason = why
-        await asyncio.sleep(0.5)  # let the ledger and the pools settle between steps
-        if settle is not None:
-            await settle()
-        return ok
+        outcomes: list[bool] = []
+        while True:
+            g = await measured(gateway, rate)
+            ok, why = verdict(d, g, max_added_p99_ms)
+            outcomes.append(ok)
+            if len(outcomes) > 1:
+                why += f" (step {len(outcomes)} at this rate)"
+            added_p99 = g.latency_ms["p99"] - d.latency_ms["p99"]
+            steps.append(
+                {
+                    "rate": rate,
+                    "pass": ok,
+                    "why": why,
+                    "added_p99_ms": round(added_p99, 3),
+                    "added_p50_ms": round(g.latency_ms["p50"] - d.latency_ms["p50"], 3),
+                    "direct": step_json(d),
+                    "gateway": step_json(g),
+                }
+            )
+            log(
+                f"  {rate:>6.0f} req/s  direct p99 {d.latency_ms['p99']:.2f} ms  {g.target} p50 "
+                f"{g.latency_ms['p50']:.2f} p99 {g.latency_ms['p99']:.2f} ms  achieved "
+                f"{g.achieved_rps:.0f}/s  {why}"
+            )
+            await asyncio.sleep(0.5)  # let the ledger and the pools settle between steps
+            if settle is not None:
+                await settle()
+            # A generator that cannot keep up is not the gateway's noise: no second step.
+            decided = False if why.startswith("generator-bound") else held(outcomes)
+            if decided is not None:
+                if not decided:
+                    reason = why
+                return decided
 
     for rate in rates:
         if await attempt(rate):

@@ -8,7 +8,15 @@ import os
 
 import pytest
 
-from bench.load import bisect_rate, generator_keeps_up, parse_wrk, rss_growth, verdict, wrk_script
+from bench.load import (
+    bisect_rate,
+    generator_keeps_up,
+    held,
+    parse_wrk,
+    rss_growth,
+    verdict,
+    wrk_script,
+)
 from bench.openloop import StepResult
 from bench.plan import SECTIONS, Plan
 from bench.procs import parent_of, process_tree, rss_mb
@@ -63,6 +71,17 @@ def test_verdict() -> None:
         "gateway below offered rate",
     )
     assert verdict(step(1000, 30.0), step(1000, 2.0), 10.0) == (False, "generator-bound")
+
+
+def test_a_failed_step_is_measured_again_and_the_majority_decides() -> None:
+    assert held([True]) is True  # a first pass decides
+    assert held([False]) is None  # one failure: measure again
+    assert held([False, True]) is None
+    assert held([False, False]) is False
+    assert held([False, True, True]) is True
+    assert held([False, True, False]) is False
+    assert held([False, False], tries=5) is None  # 3 of 5 needed either way
+    assert held([False, True, True], tries=5) is None
 
 
 def test_bisect_rate() -> None:
