@@ -16,9 +16,10 @@ inflated by the machine, not only by the gateway. ``python -m bench.idle_probe``
 from __future__ import annotations
 
 import json
-import os
 import re
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -59,30 +60,39 @@ def _quantiles(us: list[float]) -> Json:
     return {f"p{q}": round(us[min(n - 1, n * q // 100)]) for q in (50, 90, 99)}
 
 
-def _echo_peer() -> tuple[socket.socket, int]:
-    """A forked process echoing bytes on a loopback connection; our end and its pid."""
-    ours, theirs = socket.socketpair(socket.AF_UNIX)  # only to pass the port back
-    listener = socket.create_server(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
-    pid = os.fork()
-    if pid == 0:  # the echoing child: no Python beyond this loop, and it never returns
-        ours.close()
-        conn, _ = listener.accept()
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        while data := conn.recv(64):
-            conn.sendall(data)
-        os._exit(0)
-    listener.close()
-    theirs.close()
-    ours.close()
-    client = socket.create_connection(("127.0.0.1", port))
+# The echoing peer: a separate interpreter (not a fork, which would carry this process's signal
+# handlers and clean-up into the child), printing its port, echoing until the connection closes.
+_ECHO = """
+import socket, sys
+listener = socket.create_server(("127.0.0.1", 0))
+print(listener.getsockname()[1], flush=True)
+conn, _ = listener.accept()
+conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+while data := conn.recv(64):
+    conn.sendall(data)
+"""
+
+
+def _echo_peer() -> tuple[socket.socket, subprocess.Popen[bytes]]:
+    """A process echoing bytes on a loopback connection, and our end of that connection."""
+    peer = subprocess.Popen(
+        [sys.executable, "-c", _ECHO], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL
+    )
+    try:
+        assert peer.stdout is not None
+        port = int(peer.stdout.readline())
+        client = socket.create_connection(("127.0.0.1", port), timeout=10)
+    except BaseException:
+        peer.kill()
+        peer.wait()
+        raise
     client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return client, pid
+    return client, peer
 
 
 def probe(rounds: int = 200) -> Json:
     """Microseconds (p50/p90/p99) of the work and of a round trip, after each gap."""
-    client, pid = _echo_peer()
+    client, peer = _echo_peer()
 
     def round_trip() -> None:
         client.sendall(b"x")
@@ -98,8 +108,12 @@ def probe(rounds: int = 200) -> Json:
             for gap_ms in GAPS_MS
         ]
     finally:
-        client.close()
-        os.waitpid(pid, 0)
+        client.close()  # the peer's recv returns b"" and it exits
+        try:
+            peer.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            peer.kill()
+            peer.wait()
     first, last = rows[0]["python_work_us"]["p50"], rows[-1]["python_work_us"]["p50"]
     return {
         "rounds": rounds,
