@@ -11,7 +11,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from starlette.middleware.errors import ServerErrorMiddleware
 
+from gateway.api.completions import CompletionEndpoints
+from gateway.api.context import RequestContext
 from gateway.app import create_app
 from gateway.settings import Settings
 
@@ -53,7 +56,14 @@ async def test_an_unexpected_error_in_the_raw_lane_is_an_openai_500(
         again = await client.get("/v1/models", headers={"x-request-id": "mine-1"})
     assert again.headers["x-request-id"] == "mine-1"
     assert again.headers["x-tollgate-request-id"].startswith("req_")
-    assert answer.headers["x-request-id"] != again.headers["x-tollgate-request-id"]
+
+
+def test_the_context_and_the_raw_lane_wrap_fastapis_own_layers(tmp_path: Path) -> None:
+    app = create_app(Settings(policy=DEMO, data_dir=tmp_path, access_log=False))
+    stack = app.build_middleware_stack()
+    assert isinstance(stack, RequestContext)
+    assert isinstance(stack.app, CompletionEndpoints)
+    assert isinstance(stack.app.app, ServerErrorMiddleware)  # FastAPI's stack, whole, inside
 
 
 async def test_unknown_paths_and_methods_keep_their_openai_errors(

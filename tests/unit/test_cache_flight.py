@@ -184,9 +184,11 @@ async def test_uncacheable_requests_bypass_and_routes_without_cache_have_no_plan
     assert cache.plan(bare, "chat", CHAT, BODY, {}, "search") is None
 
 
-async def test_a_plan_hashed_off_the_loop_names_the_same_entry() -> None:
+async def test_a_plan_hashed_off_the_loop_names_the_same_entry(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Big prompts are hashed in a worker thread; the key must be the one the loop would make,
-    and a route without a cache still has no plan (and costs no hash)."""
+    and a request that neither reads nor writes the cache costs no hash."""
     cache = PromptCache(MemoryCacheStore(), "t:")
     doc = document()
     big = {**BODY, "messages": [{"role": "user", "content": "word " * 40_000}]}
@@ -204,6 +206,16 @@ async def test_a_plan_hashed_off_the_loop_names_the_same_entry() -> None:
         }
     )
     assert await cache.plan_off_loop(bare, "chat", CHAT, big, {}, "search") is None
+
+    def no_hash(*args: object) -> str:
+        raise AssertionError("hashed a body no cache entry is named for")
+
+    monkeypatch.setattr("gateway.cache.service.request_hash", no_hash)
+    hot = {**big, "temperature": 0.8}  # the default mode caches deterministic requests only
+    bypassed = await cache.plan_off_loop(doc, "chat", CHAT, hot, {}, "search")
+    assert bypassed is not None and bypassed.status == "bypass" and bypassed.key == ""
+    refused = cache.plan(doc, "chat", CHAT, big, {"cache-control": "no-store, no-cache"}, "search")
+    assert refused is not None and refused.key == ""
 
 
 async def relay(
