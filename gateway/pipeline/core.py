@@ -159,10 +159,7 @@ class Pipeline:
         if cache_plan is not None:
             record.cache = cache_plan.status
             out_headers["x-tollgate-cache"] = cache_plan.status
-            # A prompt too big to count up front may need a second reserve (see PromptCount),
-            # which the probe cannot carry: it looks up on its own.
-            probe = hold.probes and not self._bounded(record)
-            hit = await self._cache.lookup(cache_plan, probe=probe)
+            hit = await self._cache.lookup(cache_plan, probe=hold.probes)
             if hit is not None:
                 return await self._serve_hit(
                     cache_plan, hit, hold, record, out_headers, stream, client_wants_usage
@@ -297,7 +294,17 @@ class Pipeline:
             )
             if record.attempts == 0:
                 if cache_plan is not None and cache_plan.probe_token is not None:
-                    hit, counted = await self._probe(cache_plan, hold, estimate, route, headers)
+                    try:
+                        hit, counted = await self._probe(cache_plan, hold, estimate, route, headers)
+                    except (QuotaExceeded, RateLimited):
+                        if prompt.exact:
+                            raise
+                        # The bound did not fit (the refused probe dropped its lock again): look
+                        # up alone, then reserve the exact count below.
+                        prompt_tokens, estimate = await self._exactly(prompt, completion, price)
+                        record.prompt_tokens = prompt_tokens
+                        hit = await self._cache.lookup_unprobed(cache_plan)
+                        counted = False
                     if hit is not None:
                         return await self._serve_hit(
                             cache_plan,
@@ -316,11 +323,8 @@ class Pipeline:
                         if prompt.exact:
                             raise
                         # The bound did not fit: the exact count may.
-                        prompt_tokens = record.prompt_tokens = await prompt.exactly_async()
-                        estimate = Charge(
-                            prompt_tokens + completion.max_tokens,
-                            price.cost_nanos(prompt_tokens, completion.max_tokens),
-                        )
+                        prompt_tokens, estimate = await self._exactly(prompt, completion, price)
+                        record.prompt_tokens = prompt_tokens
                         headers.update(await hold.reserve(estimate, route.timeout_s))
             elif not await hold.extend(estimate, route.timeout_s):
                 continue  # the budget cannot cover this dearer candidate: skip it
@@ -404,6 +408,16 @@ class Pipeline:
                 headers={"retry-after": str(max(1, math.ceil(wait)))},
             )
         raise _budget_exhausted(record)
+
+    @staticmethod
+    async def _exactly(
+        prompt: PromptCount, completion: Completion, price: Price
+    ) -> tuple[int, Charge]:
+        """The prompt counted exactly (in a worker thread) and the estimate it makes."""
+        tokens = await prompt.exactly_async()
+        return tokens, Charge(
+            tokens + completion.max_tokens, price.cost_nanos(tokens, completion.max_tokens)
+        )
 
     async def _probe(
         self,

@@ -216,11 +216,20 @@ async def _team_commands(redis_url: str, prefix: str, work: Any) -> list[str]:
     return seen
 
 
+@pytest.mark.parametrize("bounded", [False, True], ids=["counted", "bounded"])
 async def test_a_budgeted_miss_is_one_call_before_the_answer_and_one_after(
-    make_gateway: GatewayFactory, sim_url: str, sim: httpx.Client, redis_url: str, redis_prefix: str
+    make_gateway: GatewayFactory,
+    sim_url: str,
+    sim: httpx.Client,
+    redis_url: str,
+    redis_prefix: str,
+    bounded: bool,
 ) -> None:
+    """``bounded``: the prompt is above the count threshold (reserved on its bytes), as a
+    100k-token prompt would be; its lookup rides in the reserve just the same."""
+    extra = {"count_exactly_below_bytes": 64} if bounded else {}
     gateway = await make_gateway(
-        _policy(sim_url, budgeted=True), redis_url=redis_url, redis_prefix=redis_prefix
+        _policy(sim_url, budgeted=True), redis_url=redis_url, redis_prefix=redis_prefix, **extra
     )
     await _post(gateway, _ask(seed=70))  # warm: scripts loaded, plan built
 

@@ -83,6 +83,36 @@ async def test_a_bound_that_does_not_fit_is_counted_exactly(
     assert again.status_code == 200, again.text
 
 
+async def test_a_cached_route_probes_with_the_bound_and_recounts_when_it_does_not_fit(
+    make_gateway: GatewayFactory, backend: dict[str, Any]
+) -> None:
+    """On Redis the cache lookup rides in the reserve's Lua call, big prompts included. A
+    bound that does not fit refuses that call (which drops the lock it took); the gateway then
+    counts exactly, looks up alone and reserves again, and the answer is cached as usual."""
+    body = _body(300)
+    policy = _budgeted(len(body) // 2) + "cache:\n  mode: all\n  ttl_s: 60\n"
+    gateway = await _make(make_gateway, policy, **backend)
+    response = await gateway.http.post("/v1/chat/completions", content=body, headers=AUTH)
+    assert response.status_code == 200, response.text
+    assert response.headers["x-tollgate-cache"] == "miss"
+    usage = response.json()["usage"]
+    assert await _used(gateway) == (usage["total_tokens"], 0)
+    again = await gateway.http.post("/v1/chat/completions", content=body, headers=AUTH)
+    assert again.status_code == 200, again.text
+    assert again.headers["x-tollgate-cache"] == "hit"
+    assert again.json()["choices"] == response.json()["choices"]
+    assert await _used(gateway) == (usage["total_tokens"], 0)  # a hit costs no tokens
+    # A bound that fits rides in the probe and is reserved as it is (another prompt: the two
+    # gateways share the Redis cache).
+    roomy = await _make(make_gateway, _budgeted(100_000) + "cache:\n  mode: all\n", **backend)
+    other = _body(301)
+    used, _ = await _used(roomy)  # on Redis the budget's window is shared with the first gateway
+    fits = await roomy.http.post("/v1/chat/completions", content=other, headers=AUTH)
+    assert fits.status_code == 200 and fits.headers["x-tollgate-cache"] == "miss"
+    remaining = int(fits.headers["x-ratelimit-remaining-tokens"])
+    assert remaining == 100_000 - used - len(other) - 16
+
+
 async def test_without_usage_from_upstream_the_prompt_is_counted_exactly(
     make_gateway: GatewayFactory,
 ) -> None:
