@@ -97,6 +97,8 @@ def _display_host(host: str) -> str:
 def _serve(settings: Settings) -> None:
     import uvicorn
 
+    from gateway.cli.coalescing_protocol import CoalescingHttpProtocol
+
     common: dict[str, object] = {
         "host": settings.host,
         "port": settings.port,
@@ -105,7 +107,10 @@ def _serve(settings: Settings) -> None:
         "log_config": None,
         "timeout_graceful_shutdown": settings.shutdown_grace_s,
         "loop": "uvloop",
-        "http": "httptools",
+        # uvicorn's httptools protocol, writing each connection's output once per loop
+        # iteration (a JSON answer's head and body in one write(2)).
+        "http": CoalescingHttpProtocol,
+        "ws": "none",  # the gateway serves no WebSockets
         "server_header": False,
         # Nothing in the gateway reads the client's address, so X-Forwarded-* need no
         # rewriting: one ASGI layer less on every request.

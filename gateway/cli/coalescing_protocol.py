@@ -1,0 +1,95 @@
+"""uvicorn's httptools protocol, with a connection's writes of one loop iteration sent together.
+
+uvicorn writes a response's head and its body with two ``transport.write`` calls, and every SSE
+event of a stream with one each. On uvloop each call is a ``write(2)`` at once when the socket
+is writable, so a JSON answer costs two system calls and two TCP segments, and the client wakes
+up for each. On loopback, and on VMs whose idle vCPUs halt, a write that wakes the peer is
+among the dearest things a request does: py-spy put uvicorn's two writes at about 8% of the
+gateway's busy time (2026-12-03).
+
+:class:`CoalescingTransport` gathers what is written during one event-loop iteration and hands
+it to the real transport once, at the end of that iteration (``call_soon``): the head and body
+of a JSON answer leave in one write, and so do the events of a stream that arrived in one read
+from the upstream. Nothing waits longer than that iteration, so time to first token does not
+move; ``close`` sends what is gathered first, ``abort`` drops it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+
+class CoalescingTransport:
+    """Wraps a transport: ``write`` gathers, one ``write`` per loop iteration goes out.
+
+    Everything but writing and closing is the wrapped transport's own (flow control, reading,
+    extra info): the transport still reports a full write buffer to the protocol itself, with
+    at most one iteration's data behind it.
+    """
+
+    __slots__ = ("_handle", "_loop", "_pending", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._pending: list[bytes] = []
+        self._handle: asyncio.Handle | None = None
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not data:
+            return
+        self._pending.append(bytes(data) if not isinstance(data, bytes) else data)
+        if self._handle is None:
+            self._handle = self._loop.call_soon(self.flush)
+
+    def writelines(self, chunks: Any) -> None:
+        for data in chunks:
+            self.write(data)
+
+    def flush(self) -> None:
+        """Hand what was gathered to the transport now (a no-op when nothing is)."""
+        handle, self._handle = self._handle, None
+        if handle is not None:
+            handle.cancel()
+        pending = self._pending
+        if not pending:
+            return
+        data = pending[0] if len(pending) == 1 else b"".join(pending)
+        pending.clear()
+        # A transport that is closing lost its peer (close() flushes before closing): what
+        # was written after that has nowhere to go, as with the transport alone.
+        if not self._transport.is_closing():
+            self._transport.write(data)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def abort(self) -> None:
+        handle, self._handle = self._handle, None
+        if handle is not None:
+            handle.cancel()
+        self._pending.clear()
+        self._transport.abort()
+
+    def write_eof(self) -> None:
+        self.flush()
+        self._transport.write_eof()
+
+    def get_write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size() + sum(map(len, self._pending))
+
+    def __getattr__(self, name: str) -> Any:
+        # is_closing, pause_reading, resume_reading, get_extra_info, set_protocol, ...
+        return getattr(self._transport, name)
+
+
+class CoalescingHttpProtocol(HttpToolsProtocol):
+    """uvicorn's protocol on a :class:`CoalescingTransport`; passed as uvicorn's ``http``."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        wrapped: Any = CoalescingTransport(transport, self.loop)
+        super().connection_made(wrapped)

@@ -1,0 +1,183 @@
+"""The coalescing transport under uvicorn's protocol: one write per loop iteration, nothing lost.
+
+Real sockets throughout: a socket pair for the transport's own contract, and a uvicorn server on
+uvloop (as ``tollgate serve`` runs it) for the protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+import uvicorn
+import uvloop
+
+from gateway.cli.coalescing_protocol import CoalescingHttpProtocol, CoalescingTransport
+
+
+@contextlib.asynccontextmanager
+async def wrapped_pair() -> AsyncIterator[tuple[CoalescingTransport, socket.socket]]:
+    """A coalescing transport on one end of a socket pair; the other end, non-blocking."""
+    ours, peer = socket.socketpair()
+    peer.setblocking(False)
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.connect_accepted_socket(asyncio.Protocol, ours)
+    try:
+        yield CoalescingTransport(transport, loop), peer  # type: ignore[arg-type]
+    finally:
+        transport.abort()
+        peer.close()
+
+
+def received(peer: socket.socket) -> bytes:
+    try:
+        return peer.recv(65536)
+    except BlockingIOError:
+        return b"(nothing)"
+
+
+async def test_the_writes_of_one_iteration_leave_together_at_its_end() -> None:
+    async with wrapped_pair() as (transport, peer):
+        transport.write(b"HTTP/1.1 200 OK\r\n\r\n")
+        transport.write(bytearray(b"{"))
+        transport.write(memoryview(b'"a":1}'))
+        transport.write(b"")
+        assert received(peer) == b"(nothing)"
+        assert transport.get_write_buffer_size() == 26
+        await asyncio.sleep(0)  # the flush was scheduled first, so it has run
+        assert received(peer) == b'HTTP/1.1 200 OK\r\n\r\n{"a":1}'
+        transport.write(b"next")
+        await asyncio.sleep(0)
+        assert received(peer) == b"next"
+
+
+async def test_close_sends_what_was_gathered_first() -> None:
+    async with wrapped_pair() as (transport, peer):
+        transport.write(b"last words")
+        transport.close()
+        assert transport.is_closing()
+        data = b""
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            chunk = received(peer)
+            if chunk == b"":  # EOF
+                break
+            if chunk != b"(nothing)":
+                data += chunk
+        assert data == b"last words"
+
+
+async def test_abort_drops_what_was_gathered() -> None:
+    async with wrapped_pair() as (transport, peer):
+        transport.write(b"never sent")
+        transport.abort()
+        await asyncio.sleep(0.05)
+        assert received(peer) in (b"", b"(nothing)")
+
+
+async def test_writing_after_the_peer_left_raises_nothing() -> None:
+    async with wrapped_pair() as (transport, peer):
+        peer.close()
+        for _ in range(3):
+            transport.write(b"x" * 1000)
+            await asyncio.sleep(0.01)
+        transport.close()
+
+
+async def answer(scope: dict, receive, send) -> None:  # type: ignore[no-untyped-def, type-arg]
+    """A JSON answer, or an SSE stream whose events are sent in one iteration and across
+    several, with the request body echoed back."""
+    if scope["type"] != "http":
+        return
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    if scope["path"] == "/json":
+        payload = b'{"echo":' + str(len(body)).encode() + b"}"
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", b"%d" % len(payload)),
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": payload})
+        return
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"text/event-stream")],
+        }
+    )
+    for n in range(6):
+        await send({"type": "http.response.body", "body": b"data: %d\n\n" % n, "more_body": True})
+        if n % 2:
+            await asyncio.sleep(0.005)
+    await send({"type": "http.response.body", "body": b""})
+
+
+@contextlib.asynccontextmanager
+async def running_server() -> AsyncIterator[int]:
+    """uvicorn serving :func:`answer` through the coalescing protocol; yields its port."""
+    config = uvicorn.Config(
+        answer,  # type: ignore[arg-type]
+        http=CoalescingHttpProtocol,
+        ws="none",
+        lifespan="off",
+        log_config=None,
+        access_log=False,
+    )
+    server = uvicorn.Server(config)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    serving = asyncio.ensure_future(server.serve(sockets=[sock]))
+    while not server.started:  # noqa: ASYNC110 (uvicorn sets a flag, it has no event)
+        await asyncio.sleep(0.01)
+    try:
+        yield sock.getsockname()[1]
+    finally:
+        server.should_exit = True
+        await serving
+
+
+def test_uvicorn_serves_json_and_streams_through_it_on_uvloop() -> None:
+    async def main() -> None:
+        async with (
+            running_server() as port,
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client,
+        ):
+            for size in (0, 10, 300_000):  # keep-alive; a body bigger than one read
+                reply = await client.post("/json", content=b"x" * size)
+                assert reply.status_code == 200
+                assert reply.json() == {"echo": size}
+            async with client.stream("POST", "/sse", content=b"{}") as stream:
+                text = b"".join([chunk async for chunk in stream.aiter_raw()])
+            assert text == b"".join(b"data: %d\n\n" % n for n in range(6))
+            assert (await client.post("/json", content=b"again")).json() == {"echo": 5}
+
+    uvloop.run(main())
+
+
+@pytest.mark.parametrize("pipelined", [2, 3])
+def test_pipelined_requests_are_answered_in_order(pipelined: int) -> None:
+    async def main() -> None:
+        async with running_server() as port:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            request = b"POST /json HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n%s"
+            writer.write(b"".join(request % (n, b"y" * n) for n in range(pipelined)))
+            await writer.drain()
+            answers = []
+            for _ in range(pipelined):
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                answers.append(await reader.readexactly(length))
+            writer.close()
+            assert answers == [b'{"echo":%d}' % n for n in range(pipelined)]
+
+    uvloop.run(main())
