@@ -7,6 +7,8 @@ over-reserved, and identical requests get the answer from this process until its
 
 from __future__ import annotations
 
+import asyncio
+
 from gateway.budget import Charge, Fill
 from gateway.cache import PendingWrite, PromptCache
 from gateway.pipeline.accounting import Hold
@@ -15,6 +17,10 @@ from gateway.pipeline.accounting import Hold
 async def settle_and_write(
     hold: Hold, cache: PromptCache, actual: Charge, pending: PendingWrite | None
 ) -> None:
+    # Spawned while the answer is being sent, this task's first step would run before the
+    # server's coalesced write of that answer (scheduled just after it): one turn of the loop
+    # lets the answer leave first, and the settle's Redis write follows it.
+    await asyncio.sleep(0)
     if pending is None:
         await hold.settle(actual)
         return
