@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.openloop import Pool, StepResult, run_step
-from bench.procs import process_tree, rss_mb
+from bench.procs import HostTicks, process_tree, rss_mb
 from bench.stats import linear_slope, rounded
 
 Json = dict[str, Any]
@@ -85,6 +85,23 @@ def step_json(step: StepResult) -> Json:
         "lag_ms": rounded(step.lag_ms),
         "statuses": {str(k): v for k, v in step.statuses.items()},
     }
+
+
+def step_cost(
+    step: StepResult, cpu_before: float, gateway_cpu: Callable[[], float] | None, host: HostTicks
+) -> Json:
+    """The gateway's CPU per answered request over a step, and the host's steal meanwhile."""
+    steal = HostTicks.now().steal_share_since(host)
+    cost: Json = {"host_steal_pct": None if steal is None else round(100 * steal, 1)}
+    if gateway_cpu is not None and step.ok:
+        cost["gateway_cpu_us_per_request"] = round((gateway_cpu() - cpu_before) / step.ok * 1e6, 1)
+    return cost
+
+
+def _cost_text(cost: Json) -> str:
+    cpu, steal = cost.get("gateway_cpu_us_per_request"), cost.get("host_steal_pct")
+    text = f"  cpu {cpu:.0f} us/req" if cpu is not None else ""
+    return text + (f"  steal {steal:.0f}%" if steal is not None else "")
 
 
 def generator_keeps_up(direct: StepResult, limit_p99_ms: float = 5.0) -> bool:
@@ -183,23 +200,37 @@ async def find_max_rate(
     rates: Sequence[float],
     log: Callable[[str], None] = print,
     settle: Callable[[], Awaitable[object]] | None = None,
+    gateway_cpu: Callable[[], float] | None = None,
 ) -> Json:
     """2./7. The highest offered rate the gateway holds with added p99 <= ``max_added_p99_ms``.
 
     ``settle`` runs after each gateway step (e.g. wait until the gateway has worked off what an
     overloaded step left queued), so one step's backlog does not spoil the next.
+    ``gateway_cpu`` (CPU seconds the gateway's processes have used so far) puts the gateway's
+    CPU per request in each step, with the host's steal: figures a noisy neighbour moves far
+    less than it moves a p99.
     """
     steps: list[Json] = []
     passed: list[float] = []
     failed: float | None = None
     reason = "all rates passed"
 
-    async def measured(pool: Pool, rate: float) -> StepResult:
+    async def warmed(pool: Pool, rate: float) -> None:
         # Warm right before measuring: a connection idle longer than the server's keep-alive
         # timeout (uvicorn: 5 s) would be closed under the step.
         await pool.warm(8)
         await run_step(pool, make_body, rate, warmup_s, drain_s=2.0)
+
+    async def measured(pool: Pool, rate: float) -> StepResult:
+        await warmed(pool, rate)
         return await run_step(pool, make_body, rate, step_s)
+
+    async def measured_with_cost(pool: Pool, rate: float) -> tuple[StepResult, Json]:
+        await warmed(pool, rate)
+        host = HostTicks.now()
+        cpu = gateway_cpu() if gateway_cpu is not None else math.nan
+        step = await run_step(pool, make_body, rate, step_s)
+        return step, step_cost(step, cpu, gateway_cpu, host)
 
     async def attempt(rate: float) -> bool:
         nonlocal reason
@@ -210,7 +241,7 @@ async def find_max_rate(
             log(f"  {rate:>6.0f} req/s  direct p99 {d.latency_ms['p99']:.2f} ms: noisy, again")
         outcomes: list[bool] = []
         while True:
-            g = await measured(gateway, rate)
+            g, cost = await measured_with_cost(gateway, rate)
             ok, why = verdict(d, g, max_added_p99_ms)
             outcomes.append(ok)
             if len(outcomes) > 1:
@@ -225,12 +256,13 @@ async def find_max_rate(
                     "added_p50_ms": round(g.latency_ms["p50"] - d.latency_ms["p50"], 3),
                     "direct": step_json(d),
                     "gateway": step_json(g),
+                    **cost,
                 }
             )
             log(
                 f"  {rate:>6.0f} req/s  direct p99 {d.latency_ms['p99']:.2f} ms  {g.target} p50 "
                 f"{g.latency_ms['p50']:.2f} p99 {g.latency_ms['p99']:.2f} ms  achieved "
-                f"{g.achieved_rps:.0f}/s  {why}"
+                f"{g.achieved_rps:.0f}/s{_cost_text(cost)}  {why}"
             )
             await asyncio.sleep(0.5)  # let the ledger and the pools settle between steps
             if settle is not None:
@@ -372,6 +404,8 @@ def parse_wrk(output: str) -> Json:
     result: Json = {"rps": None, "latency_ms": {}, "non_2xx": 0, "socket_errors": 0}
     if match := re.search(r"Requests/sec:\s+([\d.]+)", output):
         result["rps"] = float(match.group(1))
+    if match := re.search(r"(\d+) requests in ", output):
+        result["requests"] = int(match.group(1))
     for pct, value, unit in re.findall(
         r"^\s+(\d+(?:\.\d+)?)%\s+([\d.]+)(us|ms|s)\s*$", output, re.M
     ):

@@ -216,6 +216,31 @@ def cpu_seconds(pids: Sequence[int]) -> float:
     return total / ticks
 
 
+@dataclass(frozen=True, slots=True)
+class HostTicks:
+    """The machine's CPU time so far, from the first line of ``/proc/stat`` (clock ticks)."""
+
+    total: int
+    steal: int
+
+    @classmethod
+    def now(cls) -> HostTicks:
+        """A reading (zeros where ``/proc/stat`` cannot be read)."""
+        try:
+            with open("/proc/stat", encoding="ascii") as stat:
+                fields = [int(value) for value in stat.readline().split()[1:]]
+        except (OSError, ValueError):
+            return cls(0, 0)
+        # user nice system idle iowait irq softirq steal (guest time is already in user).
+        return cls(sum(fields[:8]), fields[7] if len(fields) > 7 else 0)
+
+    def steal_share_since(self, earlier: HostTicks) -> float | None:
+        """The share of the machine's CPU time the hypervisor gave to others since ``earlier``:
+        on a shared VM a busy neighbour shows up here, and in every latency."""
+        elapsed = self.total - earlier.total
+        return (self.steal - earlier.steal) / elapsed if elapsed > 0 else None
+
+
 def wait_idle(root: int, busy_share: float = 0.05, timeout_s: float = 30.0) -> float:
     """Wait until ``root``'s process tree uses under ``busy_share`` of a core (e.g. until a
     gateway has worked off the queue an overloaded step left behind); returns seconds waited."""

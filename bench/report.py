@@ -319,6 +319,8 @@ def _steps_table(search: Json) -> list[str]:
             s.get("added_p99_ms"),
             dig(s, "gateway.achieved_rps"),
             dig(s, "gateway.errors"),
+            s.get("gateway_cpu_us_per_request"),
+            s.get("host_steal_pct"),
             s.get("why"),
         ]
         for s in search.get("steps", [])
@@ -331,6 +333,8 @@ def _steps_table(search: Json) -> list[str]:
         "added p99",
         "achieved req/s",
         "errors",
+        "gateway CPU us/req",
+        "host steal %",
         "verdict",
     ]
     return _table(header, rows)
@@ -348,15 +352,15 @@ def _extras(r: Json) -> list[str]:
                 dig(run, "latency_ms.p50"),
                 dig(run, "latency_ms.p99"),
                 run.get("non_2xx"),
+                run.get("gateway_cpu_us_per_request"),
                 run.get("error"),
             ]
             for side, runs in r["wrk"].items()
             if isinstance(runs, list)
             for run in runs
         ]
-        lines += _table(
-            ["target", "connections", "req/s", "p50 ms", "p99 ms", "non-2xx", "error"], rows
-        )
+        header = ["target", "connections", "req/s", "p50 ms", "p99 ms", "non-2xx"]
+        lines += _table([*header, "gateway CPU us/req", "error"], rows)
     if "litellm" in r:
         lit = r["litellm"]
         lines += [

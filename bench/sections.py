@@ -17,7 +17,7 @@ from bench import load, measure, report, stack
 from bench.client import Target
 from bench.openloop import Pool
 from bench.plan import Plan
-from bench.procs import Processes, http_get, wait_idle
+from bench.procs import Processes, cpu_seconds, http_get, process_tree, wait_idle
 from bench.workload import Bodies
 
 Json = dict[str, Any]
@@ -72,6 +72,11 @@ class Run:
         count: int = orjson.loads(body)["requests"]
         return count
 
+    def gateway_cpu(self) -> float:
+        """CPU seconds the running gateway's processes have used so far."""
+        assert self.gateway is not None
+        return cpu_seconds(process_tree(self.gateway.started.pid))
+
     async def settle(self) -> None:
         """Wait until the gateway is idle: what a previous step queued must not leak into the
         next measurement."""
@@ -118,6 +123,7 @@ async def throughput(run: Run) -> Json:
             rates=run.plan.rates,
             log=log,
             settle=run.settle,
+            gateway_cpu=run.gateway_cpu,
         )
     finally:
         await direct.aclose()
@@ -194,10 +200,18 @@ async def wrk(run: Run) -> Json:
     ):
         script = run.run_dir / f"wrk-{side}.lua"
         script.write_text(load.wrk_script(run.bodies.run_id, path, key))
-        results[side] = [
-            await asyncio.to_thread(load.run_wrk, base + path, script, c, run.plan.wrk_s)
-            for c in run.plan.wrk_connections
-        ]
+        runs = []
+        for connections in run.plan.wrk_connections:
+            cpu = run.gateway_cpu()
+            found = await asyncio.to_thread(
+                load.run_wrk, base + path, script, connections, run.plan.wrk_s
+            )
+            if side == "gateway" and found.get("requests"):
+                # Closed loop keeps the gateway busy: its CPU per request at its warmest.
+                used = run.gateway_cpu() - cpu
+                found["gateway_cpu_us_per_request"] = round(used / found["requests"] * 1e6, 1)
+            runs.append(found)
+        results[side] = runs
     return results
 
 
@@ -223,6 +237,7 @@ async def workers(run: Run, one_worker_best: float | None) -> Json:
                 rates=run.plan.rates,
                 log=log,
                 settle=run.settle,
+                gateway_cpu=run.gateway_cpu,
             )
         finally:
             await direct.aclose()

@@ -14,12 +14,13 @@ from bench.load import (
     held,
     parse_wrk,
     rss_growth,
+    step_cost,
     verdict,
     wrk_script,
 )
 from bench.openloop import StepResult
 from bench.plan import SECTIONS, Plan
-from bench.procs import parent_of, process_tree, rss_mb
+from bench.procs import HostTicks, cpu_seconds, parent_of, process_tree, rss_mb
 from bench.stats import summarize
 
 
@@ -125,6 +126,7 @@ def test_parse_wrk() -> None:
     assert parsed["latency_ms"] == {"p50": 0.617, "p75": 1.02, "p90": 1.5, "p99": 3.35}
     assert parsed["non_2xx"] == 7
     assert parsed["socket_errors"] == 3
+    assert parsed["requests"] == 158572
     assert parse_wrk("garbage")["rps"] is None
 
 
@@ -180,3 +182,25 @@ def test_plan_flags() -> None:
     assert max(plan.rates) == 1000
     with pytest.raises(SystemExit, match="unknown sections"):
         Plan.from_args(_args(only="latency,nonsense"))
+
+
+def test_a_steps_cost_is_the_gateways_cpu_per_answer_and_the_hosts_steal() -> None:
+    host = HostTicks.now()
+    assert host.total > 0  # this machine has a /proc/stat
+    assert host.steal_share_since(host) is None  # no time passed: no share
+    later = HostTicks(host.total + 200, host.steal + 30)
+    assert later.steal_share_since(host) == pytest.approx(0.15)
+    used = iter([12.5])  # CPU seconds after the step; 12.0 before it
+    earlier = HostTicks(host.total - 100, host.steal)  # 100 ticks before now, none stolen since
+    cost = step_cost(step(1000, 2.0), 12.0, lambda: next(used), earlier)
+    assert cost["gateway_cpu_us_per_request"] == pytest.approx(500.0)  # 0.5 s over 1000 answers
+    assert 0.0 <= cost["host_steal_pct"] <= 100.0  # whatever was stolen meanwhile
+    assert "gateway_cpu_us_per_request" not in step_cost(step(1000, 2.0), 0.0, None, host)
+
+
+def test_cpu_seconds_of_this_process_grow_with_work() -> None:
+    before = cpu_seconds([os.getpid()])
+    deadline = before + 0.05
+    while cpu_seconds([os.getpid()]) < deadline:
+        sum(range(10_000))
+    assert cpu_seconds([os.getpid()]) >= deadline
