@@ -27,6 +27,7 @@ more than that.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import secrets
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -132,6 +133,10 @@ class PromptCache:
         self._locks = store if isinstance(store, RedisCacheStore) else None
         self._table: RouteCacheTable | None = None
         self._background: set[asyncio.Task[None]] = set()
+        # Lock tokens: unique across replicas (64 random bits per process) without a
+        # getrandom(2) per request, which secrets.token_hex would cost.
+        prefix_bits = secrets.token_hex(8)
+        self._lock_tokens = (f"{prefix_bits}{n:x}" for n in itertools.count(1))
 
     @classmethod
     def build(
@@ -228,7 +233,7 @@ class PromptCache:
         plan.ticket = ticket  # ours to end: here on a hit, else by store() or abandon()
         locks = self._locks
         if probe and locks is not None and locks.available and plan.settings.scope == "team":
-            plan.probe_token = secrets.token_hex(8)
+            plan.probe_token = next(self._lock_tokens)
             return None
         return await self._lead(plan, ticket)
 
@@ -284,7 +289,7 @@ class PromptCache:
         locks = self._locks
         if locks is None:
             return await self.backend.get(plan.key)
-        token = secrets.token_hex(8)
+        token = next(self._lock_tokens)
         lock = plan.lock
         lock_s = plan.settings.wait_s
         deadline = time.monotonic() + plan.settings.wait_s
