@@ -30,6 +30,10 @@ if TYPE_CHECKING:
     from gateway.app import Services
 
 T = TypeVar("T")
+# The ASGI extension `tollgate serve`'s protocol offers (gateway.cli.http_protocol):
+# watch(callback) -> stop; the callback runs if the client's connection is lost meanwhile.
+DISCONNECT_EXTENSION = "tollgate.on_disconnect"
+Watch = Callable[[Callable[[], None]], Callable[[], object]]
 
 ENDPOINTS = {
     "/v1/chat/completions": Endpoint.CHAT,
@@ -81,7 +85,7 @@ class CompletionEndpoints:
             else:
                 # A JSON request's client that leaves cancels the work, closing the upstream
                 # request: a generation nobody will read stops costing money.
-                result = await unless_client_leaves(receive, handling)
+                result = await unless_client_leaves(receive, handling, _watch(scope))
                 if result is None:
                     record.status, record.error_type = "client_disconnect", "client_disconnect"
                     await _send_whole(send, 499, [], b"")
@@ -92,7 +96,7 @@ class CompletionEndpoints:
             await _send_whole(send, error.status, headers_out, error.body())
             return
         if isinstance(result, StreamResult):
-            await _send_stream(send, receive, result)
+            await _send_stream(send, receive, result, _watch(scope))
         else:
             await _send_json(send, result)
 
@@ -128,32 +132,46 @@ async def read_body(receive: Receive, headers: Mapping[str, str], limit: int) ->
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-async def unless_client_leaves(receive: Receive, work: Awaitable[T]) -> T | None:
+async def unless_client_leaves(
+    receive: Receive, work: Awaitable[T], watch: Watch | None = None
+) -> T | None:
     """Await ``work`` in this task; if the client disconnects first, cancel it and return None.
 
-    One watcher task per request (the body has been read, so the next ASGI message can only be
-    the disconnect); the work itself runs here rather than in a task of its own.
+    ``watch`` is the server's ``tollgate.on_disconnect`` extension when it has one (``tollgate
+    serve`` does): the connection's loss cancels the work through a callback. Without it, one
+    watcher task per request awaits ``receive()`` (the body has been read, so the next ASGI
+    message can only be the disconnect). Either way the work runs here, not in a task of its
+    own.
     """
     task = asyncio.current_task()
     assert task is not None
-    gone = asyncio.Event()
+    gone = False
 
-    async def watch() -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
-        gone.set()
+    def left() -> None:
+        nonlocal gone
+        gone = True
         task.cancel()
 
-    watcher = asyncio.ensure_future(watch())
+    async def watch_receive() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        left()
+
+    stop = watch(left) if watch is not None else asyncio.ensure_future(watch_receive()).cancel
     try:
         return await work
     except asyncio.CancelledError:
         # Only our own cancel is swallowed; a shutdown's is not.
-        if gone.is_set() and task.uncancel() == 0:
+        if gone and task.uncancel() == 0:
             return None
         raise
     finally:
-        watcher.cancel()
+        stop()
+
+
+def _watch(scope: Scope) -> Watch | None:
+    found: Watch | None = scope.get("extensions", {}).get(DISCONNECT_EXTENSION)
+    return found
 
 
 def _encode(headers: Mapping[str, str]) -> list[tuple[bytes, bytes]]:
@@ -174,7 +192,9 @@ async def _send_json(send: Send, result: JsonResult) -> None:
     await _send_whole(send, result.status, headers, result.body)
 
 
-async def _send_stream(send: Send, receive: Receive, result: StreamResult) -> None:
+async def _send_stream(
+    send: Send, receive: Receive, result: StreamResult, watch: Watch | None
+) -> None:
     """Relay events as they come; a client that leaves cancels the relay (its upstream request
     is closed and what was generated is charged, by the relay's own handling)."""
     events = result.events
@@ -192,7 +212,7 @@ async def _send_stream(send: Send, receive: Receive, result: StreamResult) -> No
         await send({"type": "http.response.body", "body": b""})
 
     try:
-        await unless_client_leaves(receive, relay())
+        await unless_client_leaves(receive, relay(), watch)
     finally:
         aclose = getattr(events, "aclose", None)
         if aclose is not None:

@@ -97,7 +97,7 @@ def _display_host(host: str) -> str:
 def _serve(settings: Settings) -> None:
     import uvicorn
 
-    from gateway.cli.coalescing_protocol import CoalescingHttpProtocol
+    from gateway.cli.http_protocol import GatewayHttpProtocol
 
     common: dict[str, object] = {
         "host": settings.host,
@@ -109,7 +109,7 @@ def _serve(settings: Settings) -> None:
         "loop": "uvloop",
         # uvicorn's httptools protocol, writing each connection's output once per loop
         # iteration (a JSON answer's head and body in one write(2)).
-        "http": CoalescingHttpProtocol,
+        "http": GatewayHttpProtocol,
         "ws": "none",  # the gateway serves no WebSockets
         "server_header": False,
         # Nothing in the gateway reads the client's address, so X-Forwarded-* need no

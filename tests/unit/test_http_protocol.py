@@ -16,7 +16,7 @@ import pytest
 import uvicorn
 import uvloop
 
-from gateway.cli.coalescing_protocol import CoalescingHttpProtocol, CoalescingTransport
+from gateway.cli.http_protocol import CoalescingTransport, GatewayHttpProtocol
 
 
 @contextlib.asynccontextmanager
@@ -123,11 +123,11 @@ async def answer(scope: dict, receive, send) -> None:  # type: ignore[no-untyped
 
 
 @contextlib.asynccontextmanager
-async def running_server() -> AsyncIterator[int]:
-    """uvicorn serving :func:`answer` through the coalescing protocol; yields its port."""
+async def running_server(app: object = None) -> AsyncIterator[int]:
+    """uvicorn serving ``app`` (:func:`answer`) through the gateway's protocol; yields its port."""
     config = uvicorn.Config(
-        answer,  # type: ignore[arg-type]
-        http=CoalescingHttpProtocol,
+        app or answer,  # type: ignore[arg-type]
+        http=GatewayHttpProtocol,
         ws="none",
         lifespan="off",
         log_config=None,
@@ -179,5 +179,39 @@ def test_pipelined_requests_are_answered_in_order(pipelined: int) -> None:
                 answers.append(await reader.readexactly(length))
             writer.close()
             assert answers == [b'{"echo":%d}' % n for n in range(pipelined)]
+
+    uvloop.run(main())
+
+
+def test_a_request_hears_of_its_clients_departure_through_the_extension() -> None:
+    heard: dict[str, asyncio.Event] = {}
+    registered = asyncio.Event()
+
+    async def waiting(scope: dict, receive, send) -> None:  # type: ignore[no-untyped-def, type-arg]
+        if scope["type"] != "http":
+            return
+        watch = scope["extensions"]["tollgate.on_disconnect"]
+        fired = heard[scope["path"]] = asyncio.Event()
+        if scope["path"] == "/late":
+            await asyncio.sleep(0.3)  # the client is gone before the callback is registered
+        stop = watch(fired.set)
+        if scope["path"] == "/stopped":
+            stop()  # no longer interested: the callback must not run
+        registered.set()
+        await asyncio.sleep(1.0)
+
+    async def main() -> None:
+        async with running_server(waiting) as port:
+            for path in ("/watched", "/stopped"):
+                registered.clear()
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(
+                    b"POST %s HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n" % path.encode()
+                )
+                await asyncio.wait_for(registered.wait(), 5)
+                writer.close()
+            await asyncio.wait_for(heard["/watched"].wait(), 5)
+            await asyncio.sleep(0.2)
+            assert not heard["/stopped"].is_set()
 
     uvloop.run(main())

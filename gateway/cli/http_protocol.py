@@ -1,4 +1,6 @@
-"""uvicorn's httptools protocol, with a connection's writes of one loop iteration sent together.
+"""uvicorn's httptools protocol with two changes: coalesced writes, and a disconnect callback.
+
+**Coalesced writes.**
 
 uvicorn writes a response's head and its body with two ``transport.write`` calls, and every SSE
 event of a stream with one each. On uvloop each call is a ``write(2)`` at once when the socket
@@ -12,14 +14,25 @@ it to the real transport once, at the end of that iteration (``call_soon``): the
 of a JSON answer leave in one write, and so do the events of a stream that arrived in one read
 from the upstream. Nothing waits longer than that iteration, so time to first token does not
 move; ``close`` sends what is gathered first, ``abort`` drops it.
+
+**A disconnect callback** (the ASGI extension ``tollgate.on_disconnect`` in the request's scope).
+The billed endpoints stop an upstream call whose client has left. Plain ASGI can only tell
+them by a second task awaiting ``receive()`` for ``http.disconnect`` beside every request; with
+this extension they register a callback the protocol calls from ``connection_lost`` instead: no
+task per request. Its value is a function ``watch(callback) -> stop``; ``callback`` runs once
+if the connection is lost before ``stop()`` is called (soon after registration, if it already
+was). Servers without it (tests' in-process ASGI client) keep the task.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from gateway.api.completions import DISCONNECT_EXTENSION
 
 
 class CoalescingTransport:
@@ -87,9 +100,31 @@ class CoalescingTransport:
         return getattr(self._transport, name)
 
 
-class CoalescingHttpProtocol(HttpToolsProtocol):
-    """uvicorn's protocol on a :class:`CoalescingTransport`; passed as uvicorn's ``http``."""
+class GatewayHttpProtocol(HttpToolsProtocol):
+    """uvicorn's protocol on a :class:`CoalescingTransport`, offering ``tollgate.on_disconnect``
+    to every request; passed as uvicorn's ``http``."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self._lost = False
+        self._watchers: set[Callable[[], None]] = set()
         wrapped: Any = CoalescingTransport(transport, self.loop)
         super().connection_made(wrapped)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        extensions: dict[str, Any] = {DISCONNECT_EXTENSION: self._watch}
+        self.scope["extensions"] = extensions
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self._lost = True
+        watchers = list(self._watchers)
+        self._watchers.clear()
+        for callback in watchers:
+            callback()
+
+    def _watch(self, callback: Callable[[], None]) -> Callable[[], None]:
+        if self._lost:
+            return self.loop.call_soon(callback).cancel
+        self._watchers.add(callback)
+        return lambda: self._watchers.discard(callback)
