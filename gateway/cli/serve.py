@@ -108,7 +108,8 @@ def _serve(settings: Settings) -> None:
         "timeout_graceful_shutdown": settings.shutdown_grace_s,
         "loop": "uvloop",
         # uvicorn's httptools protocol, writing each connection's output once per loop
-        # iteration (a JSON answer's head and body in one write(2)).
+        # iteration (a JSON answer's head and body in one write(2)) and telling the billed
+        # endpoints when a client leaves (see gateway/cli/http_protocol.py).
         "http": GatewayHttpProtocol,
         "ws": "none",  # the gateway serves no WebSockets
         "server_header": False,
