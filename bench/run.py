@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import idle_probe, measure, report, sections, services, stack
+from bench.interrupt import StopSwitch
 from bench.load import RssSampler
 from bench.plan import SECTIONS, Plan
 from bench.procs import Processes
@@ -203,8 +204,10 @@ def main(argv: list[str] | None = None) -> int:
         data_dir=run_dir / "data",
         gateway_src=args.gateway_src.resolve() if args.gateway_src else None,
     )
-    # SIGTERM stops a run like Ctrl-C does: processes stopped, partial results written.
-    signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
+    # Ctrl-C and SIGTERM stop the run: processes stopped, partial results written.
+    stop = StopSwitch()
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
     failed = False
     log(f"tollgate bench ({plan.mode}), run {run_id}, logs in {run_dir}")
     try:
@@ -215,23 +218,36 @@ def main(argv: list[str] | None = None) -> int:
         if database is not None:
             database.recreate()
         with Processes(run_dir) as procs:
-            run = Run(plan, args, procs, run_dir, doc, Bodies(run_id), backends)
+            run = Run(plan, args, procs, run_dir, doc, Bodies(run_id), backends, stop=stop)
             runner = _runner()
-            runner(measure_all(run))
-    except KeyboardInterrupt:
-        doc["interrupted"] = True
-        log("interrupted: stopping everything and writing partial results")
+            runner(_measured(run))
+    except (KeyboardInterrupt, asyncio.CancelledError):  # the latter: the task a signal cancelled
+        stop.requested = True
     except Exception as exc:
         failed = True
         doc["errors"]["run"] = f"{type(exc).__name__}: {exc}"[:3000]
         log(f"run failed: {type(exc).__name__}: {exc}")
     finally:
+        if stop.requested:
+            doc["interrupted"] = True
+            log("interrupted: stopping everything and writing partial results")
         _finish(doc, database, backends, args, started)
         if args.keep_logs or failed:
             log(f"logs kept in {run_dir}")
         else:
             shutil.rmtree(run_dir, ignore_errors=True)
     return 1 if failed else 0
+
+
+async def _measured(run: Run) -> None:
+    """Every section, as the task a stop signal cancels."""
+    task = asyncio.current_task()
+    assert task is not None
+    run.stop.attach(task)
+    try:
+        await measure_all(run)
+    finally:
+        run.stop.detach()
 
 
 def _finish(

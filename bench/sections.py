@@ -7,7 +7,7 @@ import asyncio
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ import orjson
 
 from bench import load, measure, report, stack
 from bench.client import Target
+from bench.interrupt import StopSwitch
 from bench.openloop import Pool
 from bench.plan import Plan
 from bench.procs import Processes, cpu_seconds, http_get, process_tree, wait_idle
@@ -47,6 +48,7 @@ class Run:
     policy: stack.PolicyChoice | None = None
     gateway: stack.Gateway | None = None
     sampler: load.RssSampler | None = None
+    stop: StopSwitch = field(default_factory=StopSwitch)  # Ctrl-C / SIGTERM: skip what is left
 
     @property
     def results(self) -> Json:
@@ -86,8 +88,9 @@ class Run:
                 log(f"   (waited {waited:.1f} s for the gateway to go idle)")
 
     async def section(self, name: str, work: Callable[[], Awaitable[Json]]) -> None:
-        """Run one section if the plan has it; a failure is recorded, not raised."""
-        if name not in self.plan.sections:
+        """Run one section if the plan has it and no stop was asked for; a failure is
+        recorded, not raised."""
+        if name not in self.plan.sections or self.stop.requested:
             return
         log(f"== {name}")
         await self.settle()
