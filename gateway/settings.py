@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     demo_team: str = "demo"
     max_body_bytes: int = 32 * 1024 * 1024
     shutdown_grace_s: float = 30.0
+    # How long an idle client connection stays open: longer than clients and load balancers
+    # keep theirs idle, so that they, not the gateway, close it (see gateway/cli/serve.py).
+    keep_alive_s: float = 75.0
     # How long a key lookup is trusted before the database is asked again: the bound on how
     # late a revocation takes effect on a replica.
     key_cache_ttl_s: float = 5.0

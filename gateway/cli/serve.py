@@ -94,18 +94,21 @@ def _display_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def _serve(settings: Settings) -> None:
-    import uvicorn
-
+def uvicorn_options(settings: Settings) -> dict[str, object]:
+    """What uvicorn is given, one worker or several."""
     from gateway.cli.http_protocol import GatewayHttpProtocol
 
-    common: dict[str, object] = {
+    return {
         "host": settings.host,
         "port": settings.port,
         "lifespan": "on",
         "access_log": False,
         "log_config": None,
         "timeout_graceful_shutdown": settings.shutdown_grace_s,
+        # Longer than clients keep idle connections (httpx, so the openai SDK: 5 s; load
+        # balancers: 60 s), so the client always closes first. With uvicorn's default of 5 s a
+        # client reusing a connection just as the gateway closed it lost the request.
+        "timeout_keep_alive": settings.keep_alive_s,
         "loop": "uvloop",
         # uvicorn's httptools protocol, writing each connection's output once per loop
         # iteration (a JSON answer's head and body in one write(2)) and telling the billed
@@ -117,6 +120,12 @@ def _serve(settings: Settings) -> None:
         # rewriting: one ASGI layer less on every request.
         "proxy_headers": False,
     }
+
+
+def _serve(settings: Settings) -> None:
+    import uvicorn
+
+    common = uvicorn_options(settings)
     if settings.workers == 1:
         from gateway.app import create_app
 

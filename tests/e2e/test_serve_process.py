@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -73,6 +74,32 @@ def test_access_log_is_json_without_secrets(demo: Served) -> None:
     everything = "\n".join(demo.errors + demo.lines[1:])
     assert "a secret prompt" not in everything
     assert key not in "\n".join(demo.errors)
+
+
+def _health_on(sock: socket.socket) -> bytes:
+    sock.sendall(b"GET /healthz HTTP/1.1\r\nhost: tollgate\r\n\r\n")
+    return sock.recv(65536)
+
+
+def test_an_idle_connection_outlives_the_clients_own_keep_alive(demo: Served) -> None:
+    # httpx (so the openai SDK) keeps an idle connection for 5 s, as long as uvicorn's default:
+    # a request sent at that moment could meet the gateway closing the connection. The gateway
+    # keeps it longer, so the client closes first.
+    with socket.create_connection(("127.0.0.1", demo.port), timeout=5) as sock:
+        assert _health_on(sock).startswith(b"HTTP/1.1 200")
+        time.sleep(6)
+        assert _health_on(sock).startswith(b"HTTP/1.1 200")
+
+
+def test_the_keep_alive_is_a_setting(tmp_path: Path) -> None:
+    served = serve(tmp_path, REPO / "policies", env={"TOLLGATE_KEEP_ALIVE_S": "0.5"})
+    try:
+        with socket.create_connection(("127.0.0.1", served.port), timeout=5) as sock:
+            assert _health_on(sock).startswith(b"HTTP/1.1 200")
+            time.sleep(1.5)
+            assert sock.recv(1) == b""  # closed by the gateway
+    finally:
+        served.stop(signal.SIGKILL)
 
 
 def test_demo_key_is_reused_after_restart(tmp_path: Path) -> None:
