@@ -1,0 +1,73 @@
+"""The issue's reference point: a minimal FastAPI passthrough proxy, to calibrate a host.
+
+The performance issue quotes "a minimal FastAPI passthrough proxy does about 4,700 requests/s"
+on a 2-core machine. This is that proxy: one route that forwards the request body as bytes to
+the bench stub and returns the answer, nothing else (no auth, no counting, no state). Run it
+next to the gateway and drive both with wrk, alternating, to see what the host gives a bare
+proxy at the time of a run::
+
+    .venv/bin/python -m bench.stub --port 9001 &
+    UPSTREAM=http://127.0.0.1:9001 .venv/bin/uvicorn bench.passthrough:app --port 9002 \\
+        --loop uvloop --http httptools --no-access-log
+    printf '%s\n' 'wrk.method = "POST"' 'wrk.headers["Content-Type"] = "application/json"' \
+        'wrk.body = [[{"model":"chat","messages":[{"role":"user","content":"hi"}]}]]' \
+        > /tmp/post.lua
+    wrk -t1 -c16 -d8s -s /tmp/post.lua http://127.0.0.1:9002/v1/chat/completions
+
+``PASSTHROUGH_CLIENT=httpx`` uses httpx (what the openai SDK uses) instead of aiohttp for the
+upstream call. Neither client is a dependency of the gateway; both come with the test extras'
+packages (litellm brings aiohttp, openai brings httpx).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+
+UPSTREAM_PATH = "/fast/v1/chat/completions"
+_JSON = {"content-type": "application/json"}
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    upstream = os.environ.get("UPSTREAM", "http://127.0.0.1:9001")
+    if os.environ.get("PASSTHROUGH_CLIENT", "aiohttp") == "httpx":
+        import httpx
+
+        client: Any = httpx.AsyncClient(base_url=upstream, limits=httpx.Limits(max_connections=512))
+        app.state.forward = lambda body: _httpx(client, body)
+    else:
+        import aiohttp
+
+        client = aiohttp.ClientSession(upstream, connector=aiohttp.TCPConnector(limit=512))
+        app.state.forward = lambda body: _aiohttp(client, body)
+    try:
+        yield
+    finally:
+        await (client.aclose() if hasattr(client, "aclose") else client.close())
+
+
+async def _httpx(client: Any, body: bytes) -> Response:
+    answer = await client.post(UPSTREAM_PATH, content=body, headers=_JSON)
+    return Response(answer.content, answer.status_code, media_type="application/json")
+
+
+async def _aiohttp(client: Any, body: bytes) -> Response:
+    async with client.post(UPSTREAM_PATH, data=body, headers=_JSON) as answer:
+        return Response(await answer.read(), answer.status, media_type="application/json")
+
+
+app = FastAPI(lifespan=_lifespan)
+
+
+@app.post("/v1/chat/completions")
+async def chat(request: Request) -> Response:
+    """Forward the body as it came; answer with the upstream's."""
+    forward: Any = request.app.state.forward
+    response: Response = await forward(await request.body())
+    return response
