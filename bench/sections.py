@@ -205,7 +205,7 @@ async def wrk(run: Run) -> Json:
         script.write_text(load.wrk_script(run.bodies.run_id, path, key))
         runs = []
         for connections in run.plan.wrk_connections:
-            cpu = run.gateway_cpu()
+            cpu = run.gateway_cpu() if side == "gateway" else 0.0
             found = await asyncio.to_thread(
                 load.run_wrk, base + path, script, connections, run.plan.wrk_s
             )

@@ -8,9 +8,7 @@ included.
 
 from __future__ import annotations
 
-import itertools
 import logging
-import secrets
 import time
 from collections.abc import Callable
 from typing import Any
@@ -18,6 +16,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.errors import GatewayError
+from gateway.ids import unique_ids
 from gateway.logs import AccessLog
 from gateway.record import RequestRecord
 
@@ -50,11 +49,7 @@ class RequestContext:
         # Accounts for the request (ledger, metrics) before its last byte is sent, so a client
         # that got its whole response is always accounted for, even if the process dies next.
         self.finish = finish or (lambda record: None)
-        # Request ids: a random prefix per process and a counter. Unique across replicas (64
-        # random bits per process) without a system call per request, which secrets.token_hex
-        # would cost.
-        prefix = "req_" + secrets.token_hex(8)
-        self._ids = (f"{prefix}{n:08x}" for n in itertools.count(1))
+        self._ids = unique_ids("req_", digits=8)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -27,8 +27,6 @@ more than that.
 from __future__ import annotations
 
 import asyncio
-import itertools
-import secrets
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -54,6 +52,7 @@ from gateway.cache.policy import (
 )
 from gateway.cache.replay import replay_json, replay_stream
 from gateway.cache.store import CacheStore, MemoryCacheStore, RedisCacheStore
+from gateway.ids import unique_ids
 
 POLL_S = 0.02  # how often a replica waiting on another replica's leader looks for the entry
 
@@ -133,10 +132,7 @@ class PromptCache:
         self._locks = store if isinstance(store, RedisCacheStore) else None
         self._table: RouteCacheTable | None = None
         self._background: set[asyncio.Task[None]] = set()
-        # Lock tokens: unique across replicas (64 random bits per process) without a
-        # getrandom(2) per request, which secrets.token_hex would cost.
-        prefix_bits = secrets.token_hex(8)
-        self._lock_tokens = (f"{prefix_bits}{n:x}" for n in itertools.count(1))
+        self._lock_tokens = unique_ids()
 
     @classmethod
     def build(
