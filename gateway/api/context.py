@@ -129,6 +129,8 @@ def _log_fields(record: RequestRecord) -> dict[str, Any]:
         "prompt_tokens": record.prompt_tokens,
         "completion_tokens": record.completion_tokens,
         "ttft_ms": None if record.ttft_ms is None else round(record.ttft_ms, 2),
+        # The part of the TTFT the gateway spent itself (not waiting on upstreams).
+        "overhead_ms": None if record.overhead_ms is None else round(record.overhead_ms, 3),
         "total_ms": round(record.total_ms or 0.0, 2),
     }
 

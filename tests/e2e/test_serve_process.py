@@ -71,6 +71,8 @@ def test_access_log_is_json_without_secrets(demo: Served) -> None:
     line = next(json.loads(e) for e in demo.errors if "trace-log-1" in e)
     assert line["team"] == "demo" and line["route"] == "chat" and line["http_status"] == 200
     assert line["deployment"] and line["prompt_tokens"] > 0 and line["total_ms"] > 0
+    # The gateway's own share of the time to first byte: positive, and part of the TTFT.
+    assert 0 < line["overhead_ms"] <= line["ttft_ms"] <= line["total_ms"]
     everything = "\n".join(demo.errors + demo.lines[1:])
     assert "a secret prompt" not in everything
     assert key not in "\n".join(demo.errors)
