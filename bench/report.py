@@ -44,13 +44,22 @@ def _idle_lines(idle: Json | None) -> list[str]:
     if len(rows) < 2:
         return []
     first, last = rows[0], rows[-1]
+    calls = ""
+    if "first_calls_us" in first and "first_calls_us" in last:
+        calls = (
+            "; three small calls into unrelated code (a JSON parse, a SHA-256, a regex) take "
+            f"{first['first_calls_us']['p50']} µs back to back and "
+            f"{last['first_calls_us']['p50']} µs after it: a request runs a long chain of "
+            "different code, and each link pays that"
+        )
     return [
         f"Idle penalty (bench/idle_probe.py): the same {first['python_work_us']['p50']} µs of "
         f"Python takes {last['python_work_us']['p50']} µs after {last['gap_ms']:g} ms asleep; a "
         f"loopback round trip takes {first['loopback_rtt_us']['p50']} µs back to back and "
         f"{last['loopback_rtt_us']['p50']} µs (p99 {last['loopback_rtt_us']['p99']}) after the "
-        "same sleep. Both inflate the gateway's added time wherever requests arrive at an idle "
-        "process (one in flight with gaps, a paced stream's first token, low open-loop rates)."
+        f"same sleep{calls}. All of it inflates the gateway's added time wherever requests "
+        "arrive at an idle process (one in flight with gaps, a paced stream's first token, low "
+        "open-loop rates)."
     ]
 
 
@@ -216,12 +225,31 @@ def _pct_rows(
     ]
 
 
+def _own_lines(measured: Json) -> list[str]:
+    """The gateway's own time before the first byte, from its access log (bench/access_log.py),
+    for each measurement that has it."""
+    parts = [
+        f"{name} {_fmt(own.get('p50'))} / {_fmt(own.get('p90'))} / {_fmt(own.get('p99'))} ms"
+        for name, m in measured.items()
+        if (own := m.get("gateway_own_ms")) and own.get("n")
+    ]
+    if not parts:
+        return []
+    return [
+        "Of which the gateway's own time before the first byte, inside its process (access "
+        f"log `overhead_ms`, p50 / p90 / p99): {'; '.join(parts)}. The rest is the kernel's "
+        "hops and wake-ups on the way in and out.",
+        "",
+    ]
+
+
 def _sections(r: Json) -> list[str]:
     lines: list[str] = []
     one = ["", "p50", "p90", "p99"]
     if "latency" in r:
         lines += ["## 1. Added latency, one request in flight (direct / gateway / added, ms)", ""]
         lines += _table(one, [_pct_rows(r["latency"], f"{r['latency'].get('rounds')} rounds")])
+        lines += _own_lines({"JSON": r["latency"]})
     if "throughput" in r:
         t = r["throughput"]
         lines += [
@@ -243,6 +271,7 @@ def _sections(r: Json) -> list[str]:
             rows.append(_pct_rows(s.get("ttft", {}), f"{name}: time to first token"))
             rows.append(_pct_rows(s.get("gap", {}), f"{name}: gap between chunks"))
         lines += _table(one, rows)
+        lines += _own_lines(r["streaming"])
     if "cache_hit" in r:
         c = r["cache_hit"]
         lines += [

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import idle_probe, measure, report, sections, services, stack
+from bench.access_log import AccessLogReader
 from bench.interrupt import StopSwitch
 from bench.load import RssSampler
 from bench.plan import SECTIONS, Plan
@@ -129,11 +130,23 @@ async def measure_all(run: Run) -> None:
     _, idle = run.sampler.sample()
     run.results["rss"] = {"idle_mb": round(idle, 1)}
 
-    await run.section("latency", lambda: measure.added_latency(targets, run.bodies, plan.rounds))
+    # The gateway's own share of each measured request (warm-up rounds included).
+    own = AccessLogReader(gateway.started.stderr)
+
+    async def latency() -> Json:
+        own.mark()
+        result = await measure.added_latency(targets, run.bodies, plan.rounds)
+        result["gateway_own_ms"] = await own.overhead_ms()
+        return result
+
+    await run.section("latency", latency)
 
     async def streams() -> Json:
+        own.mark()
         fast = await measure.streaming(targets, run.bodies, plan.stream_rounds, paced=False)
+        fast["gateway_own_ms"] = await own.overhead_ms()
         paced = await measure.streaming(targets, run.bodies, plan.paced_rounds, paced=True)
+        paced["gateway_own_ms"] = await own.overhead_ms()
         return {"fast": fast, "paced": paced}
 
     await run.section("streaming", streams)

@@ -149,12 +149,16 @@ def test_frame_name_drops_line_numbers_and_install_paths() -> None:
 
 
 def test_the_idle_probe_measures_every_gap_and_the_report_quotes_it() -> None:
-    idle = probe(rounds=5)
+    idle = probe(rounds=10)
     assert [row["gap_ms"] for row in idle["rows"]] == list(GAPS_MS)
     for row in idle["rows"]:
         work, rtt = row["python_work_us"], row["loopback_rtt_us"]
         assert 0 < work["p50"] <= work["p90"] <= work["p99"]
         assert 0 < rtt["p50"] <= rtt["p90"] <= rtt["p99"]
+        calls = row["first_calls_us"]
+        assert 0 <= calls["p50"] <= calls["p90"] <= calls["p99"]
+        # Long gaps get fewer rounds, so the probe stays short.
+        assert row["rounds"] == (10 if row["gap_ms"] < 50 else 5)
     described = doc()
     described["machine"]["idle"] = {
         "rows": [
@@ -169,4 +173,25 @@ def test_the_idle_probe_measures_every_gap_and_the_report_quotes_it() -> None:
     text = markdown(described)
     assert "the same 500 µs of Python takes 860 µs after 20 ms asleep" in text
     assert "12 µs back to back and 100 µs (p99 5000)" in text
+    assert "a regex" not in text  # results from before the first-calls probe
+    described["machine"]["idle"]["rows"][0]["first_calls_us"] = {"p50": 2}
+    described["machine"]["idle"]["rows"][1]["first_calls_us"] = {"p50": 120}
+    assert "(a JSON parse, a SHA-256, a regex) take 2 µs back to back and 120 µs" in markdown(
+        described
+    )
     assert "Idle penalty" not in markdown(doc())
+
+
+def test_the_report_quotes_the_gateways_own_time_when_the_run_read_it() -> None:
+    described = doc()
+    assert "inside its process" not in markdown(described)
+    own = {"n": 155, "p50": 1.3, "p90": 1.71, "p99": 2.2}
+    described["results"]["latency"]["gateway_own_ms"] = {"n": 3050, "p50": 0.41, "p90": 0.5}
+    described["results"]["streaming"] = {
+        "fast": {"gateway_own_ms": {"n": 0}},  # an older gateway: nothing logged
+        "paced": {"gateway_own_ms": own},
+    }
+    text = markdown(described)
+    assert "(access log `overhead_ms`, p50 / p90 / p99): JSON 0.41 / 0.50 / - ms." in text
+    assert "p99): paced 1.30 / 1.71 / 2.20 ms." in text
+    assert "fast -" not in text and "fast 0" not in text
