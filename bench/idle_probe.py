@@ -9,8 +9,10 @@ Two probes, each run back to back and then with sleeps between the runs:
 * first calls: three small, unrelated calls (a JSON parse, a SHA-256, a regex), each made once.
   The work above repeats the same code, so only its first pass runs cold; a request runs a long
   chain of different code, each piece once, and pays the cold cost at every link. Measured here
-  (2026-12-03): 2 µs back to back, about 100 µs after 50 ms or more asleep, where the host has
-  had time to run other tenants on the core and evict this process's caches and TLB entries.
+  (2026-12-03): 2-3 µs back to back, 20 µs after 20 ms asleep, 120-130 µs after 100 ms: time
+  enough for the host to run other work on the core and evict this process's caches and TLB
+  entries. Not the clock speed: spinning for 1 ms first cut the first JSON parse only from 43 µs
+  to 29.
 
 A request through the gateway runs more of both than the direct-to-stub baseline does (its own
 ~0.5 ms of Python, plus hops to Redis and the upstream), so at one request in flight with idle gaps

@@ -238,7 +238,8 @@ def _own_lines(measured: Json) -> list[str]:
     return [
         "Of which the gateway's own time before the first byte, inside its process (access "
         f"log `overhead_ms`, p50 / p90 / p99): {'; '.join(parts)}. The rest is the kernel's "
-        "hops and wake-ups on the way in and out.",
+        "hops and wake-ups on the way in and out, and the gateway's handling of the answer "
+        "once it arrives.",
         "",
     ]
 
