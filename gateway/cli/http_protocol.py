@@ -13,7 +13,13 @@ gateway's busy time (2026-12-03).
 it to the real transport once, at the end of that iteration (``call_soon``): the head and body
 of a JSON answer leave in one write, and so do the events of a stream that arrived in one read
 from the upstream. Nothing waits longer than that iteration, so time to first token does not
-move; ``close`` sends what is gathered first, ``abort`` drops it.
+move; ``close`` sends what is gathered first, ``abort`` drops it. A response's last bytes leave
+as soon as it is complete, not at the end of the iteration: what the handler does after its last
+``send`` (the access log) and the tasks it started before (the budget's settle, whose first step
+is queued ahead of the end-of-iteration write) would otherwise hold the answer back. At one
+request in flight, from the upstream's answer arriving to the client's being written took
+0.200-0.210 ms at p50 and 0.32 at p90 before, 0.172 and 0.24 after (bench latency section, the
+gateway's socket calls timestamped in-process, 2026-12-03).
 
 **A disconnect callback** (the ASGI extension ``tollgate.on_disconnect`` in the request's scope).
 The billed endpoints stop an upstream call whose client has left. Plain ASGI can only tell
@@ -107,8 +113,14 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._lost = False
         self._watchers: set[Callable[[], None]] = set()
-        wrapped: Any = CoalescingTransport(transport, self.loop)
+        self._coalescing = CoalescingTransport(transport, self.loop)
+        wrapped: Any = self._coalescing
         super().connection_made(wrapped)
+
+    def on_response_complete(self) -> None:
+        # The whole response is written: send it now (see the module's docstring).
+        self._coalescing.flush()
+        super().on_response_complete()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import time
 from collections.abc import AsyncIterator
 
 import httpx
@@ -160,6 +161,46 @@ def test_uvicorn_serves_json_and_streams_through_it_on_uvloop() -> None:
                 text = b"".join([chunk async for chunk in stream.aiter_raw()])
             assert text == b"".join(b"data: %d\n\n" % n for n in range(6))
             assert (await client.post("/json", content=b"again")).json() == {"echo": 5}
+
+    uvloop.run(main())
+
+
+def test_a_complete_response_leaves_before_the_handlers_later_work() -> None:
+    # The access log after the last send, and a task spawned before it (the budget's settle),
+    # must not hold the answer back: the response is written as soon as it is complete.
+    finished_work: list[float] = []
+    started_tasks: list[float] = []
+
+    async def busy_after(scope: dict, receive, send) -> None:  # type: ignore[no-untyped-def, type-arg]
+        if scope["type"] != "http":
+            return
+        await receive()
+
+        async def settle() -> None:
+            time.sleep(0.2)  # noqa: ASYNC251 (blocks the loop, as a long first step would)
+            started_tasks.append(time.monotonic())
+
+        asyncio.ensure_future(settle())  # noqa: RUF006 (ends within the test)
+        headers = [(b"content-length", b"2")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"ok"})
+        time.sleep(0.2)  # noqa: ASYNC251 (bookkeeping after the last send, not yielding)
+        finished_work.append(time.monotonic())
+
+    def ask(port: int) -> tuple[bytes, float]:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            data = b""
+            while not data.endswith(b"ok"):
+                data += sock.recv(4096)
+            return data, time.monotonic()
+
+    async def main() -> None:
+        async with running_server(busy_after) as port:
+            data, answered = await asyncio.to_thread(ask, port)
+            await asyncio.sleep(0.5)
+        assert data.startswith(b"HTTP/1.1 200")
+        assert answered < finished_work[0] < started_tasks[0]
 
     uvloop.run(main())
 
