@@ -4,9 +4,9 @@ The client sees what the gateway adds end to end: the gateway's code, plus the k
 and wake-ups on the way in and out. Each access-log line carries ``overhead_ms``, the part of
 the time to first byte the gateway spent itself (not waiting on upstreams). Read back for the
 requests of one measurement, it separates the two: the same code measured warm (requests back
-to back) and after an idle spell (a paced stream, whose gateway waited out the direct
-request's whole stream first) shows what the machine's idle penalty does to the gateway's own
-time.
+to back) and after an idle spell (a paced stream, whose request path had not run for the
+100 ms the stream before it took) shows what the machine's idle penalty does to the gateway's
+own time.
 """
 
 from __future__ import annotations
