@@ -179,7 +179,7 @@ def markdown(doc: Json) -> str:
         *_idle_lines(m.get("idle")),
         f"Gateway: {dig(doc, 'features.workers') or 1} worker, policy "
         f"`{dig(doc, 'features.policy')}`, features on: "
-        f"{', '.join(dig(doc, 'features.declared') or []) or '-'}.",
+        f"{', '.join(dig(doc, 'features.declared') or []) or '-'}.{_busy_poll_note(doc)}",
         f"Observed: {_observed_line(doc)}.",
         "Upstream: `bench/stub.py` on the same machine; every number is against the direct-to-stub "
         "baseline measured in the same run (see bench/README.md).",
@@ -206,6 +206,17 @@ def markdown(doc: Json) -> str:
                 lines += ["", "```", rest[-1500:].rstrip(), "```"]
         lines += [""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _busy_poll_note(doc: Json) -> str:
+    """The gateway's busy polling as the run set it (nothing for runs from before the flag)."""
+    features = doc.get("features") or {}
+    if "busy_poll_us" not in features:
+        return ""
+    value = features["busy_poll_us"]
+    if value is None:
+        return " Busy polling: the gateway's default (`TOLLGATE_BUSY_POLL_US`)."
+    return f" Busy polling: {'off' if value == 0 else f'{value} µs'} (`--busy-poll-us`)."
 
 
 def _observed_line(doc: Json) -> str:

@@ -80,6 +80,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--keep-logs", action="store_true", help="keep the run directory")
     parser.add_argument("--litellm-python", help="a Python with litellm[proxy] (section litellm)")
     parser.add_argument(
+        "--busy-poll-us",
+        type=int,
+        help="the gateway's TOLLGATE_BUSY_POLL_US (default: the gateway's own; 0 turns it off)",
+    )
+    parser.add_argument(
         "--gateway-src",
         type=Path,
         help="measure the gateway package in this directory instead (e.g. an older commit: "
@@ -102,6 +107,7 @@ async def measure_all(run: Run) -> None:
         "refused": run.policy.refused,
         "backends": "embedded" if run.args.embedded else "redis + postgres",
         "gateway_src": str(run.backends.gateway_src or stack.REPO),
+        "busy_poll_us": run.backends.busy_poll_us,  # None: the gateway's default
         "workers": 1,
     }
     log(f"policy: {run.policy.name} ({run.policy.directory})")
@@ -216,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         database_url=database.url if database else None,
         data_dir=run_dir / "data",
         gateway_src=args.gateway_src.resolve() if args.gateway_src else None,
+        busy_poll_us=args.busy_poll_us,
     )
     # Ctrl-C and SIGTERM stop the run: processes stopped, partial results written.
     stop = StopSwitch()

@@ -70,6 +70,7 @@ class Backends:
     database_url: str | None
     data_dir: Path
     gateway_src: Path | None = None  # another checkout's gateway/ to measure (PYTHONPATH)
+    busy_poll_us: int | None = None  # TOLLGATE_BUSY_POLL_US; None: the gateway's default
 
 
 @dataclass(slots=True)
@@ -141,6 +142,8 @@ def gateway_env(backends: Backends, stub_url: str, policy: Path) -> dict[str, st
     }
     if backends.gateway_src is not None:
         env["PYTHONPATH"] = str(backends.gateway_src)
+    if backends.busy_poll_us is not None:
+        env["TOLLGATE_BUSY_POLL_US"] = str(backends.busy_poll_us)
     if backends.redis_url:
         env["TOLLGATE_REDIS_URL"] = backends.redis_url
     if backends.database_url:

@@ -32,6 +32,8 @@ from gateway.api.failures import note_error
 from gateway.auth.resolver import KeyResolver
 from gateway.auth.store import KeyStore
 from gateway.budget import Limiter, MemoryLimiter, RedisLimiter
+from gateway.busy_poll import STATE_KEY as BUSY_POLL
+from gateway.busy_poll import BusyPoll
 from gateway.cache import PromptCache
 from gateway.db.engine import AsyncEngine, create_engine, ping, session_factory
 from gateway.db.migrate import upgrade
@@ -247,7 +249,7 @@ def create_app(settings: Settings, *, handle_signals: bool = False) -> FastAPI:
     access = AccessLog() if settings.access_log and level in (logging.DEBUG, logging.INFO) else None
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, BusyPoll] | None]:
         services = await build_services(settings)
         app.state.services = services
         await asyncio.to_thread(services.pipeline.warm_tokenizers)
@@ -261,9 +263,14 @@ def create_app(settings: Settings, *, handle_signals: bool = False) -> FastAPI:
         loop = asyncio.get_running_loop()
         if handle_signals:
             loop.add_signal_handler(signal.SIGHUP, _reload_on_signal, services)
+        # The lifespan state reaches uvicorn's connection protocols (app_state): the serving
+        # protocol arms the poller from there.
+        poller = BusyPoll(loop, settings.busy_poll_us / 1e6) if settings.busy_poll_us else None
         try:
-            yield
+            yield {BUSY_POLL: poller} if poller is not None else None
         finally:
+            if poller is not None:
+                poller.close()
             if handle_signals:
                 loop.remove_signal_handler(signal.SIGHUP)
             await close_services(services)

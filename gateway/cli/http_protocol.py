@@ -39,6 +39,8 @@ from typing import Any
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from gateway.api.completions import DISCONNECT_EXTENSION
+from gateway.busy_poll import STATE_KEY as BUSY_POLL
+from gateway.busy_poll import BusyPoll
 
 
 class CoalescingTransport:
@@ -112,14 +114,23 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._lost = False
+        # The app's lifespan state holds the process's poller (absent when it is off).
+        self._poller: BusyPoll | None = self.app_state.get(BUSY_POLL)
         self._watchers: set[Callable[[], None]] = set()
         self._coalescing = CoalescingTransport(transport, self.loop)
         wrapped: Any = self._coalescing
         super().connection_made(wrapped)
 
+    def data_received(self, data: bytes) -> None:
+        if self._poller is not None:
+            self._poller.arm()
+        super().data_received(data)
+
     def on_response_complete(self) -> None:
         # The whole response is written: send it now (see the module's docstring).
         self._coalescing.flush()
+        if self._poller is not None:
+            self._poller.arm()  # the client's next request often follows at once
         super().on_response_complete()
 
     def on_message_begin(self) -> None:

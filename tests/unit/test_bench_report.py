@@ -100,6 +100,19 @@ def test_markdown_names_the_machine_and_tabulates_the_targets() -> None:
     assert text.endswith("\n") and "interrupted" not in text
 
 
+def test_markdown_says_how_the_run_set_busy_polling() -> None:
+    def features(**more: Any) -> dict[str, Any]:
+        return {"policy": "full", "declared": ["cache"], **more}
+
+    assert "Busy polling" not in markdown(doc())  # a run from before the flag
+    default = markdown(doc(features=features(busy_poll_us=None)))
+    assert "features on: cache. Busy polling: the gateway's default" in default
+    assert "Busy polling: off (`--busy-poll-us`)." in markdown(
+        doc(features=features(busy_poll_us=0))
+    )
+    assert "Busy polling: 500 µs" in markdown(doc(features=features(busy_poll_us=500)))
+
+
 def test_markdown_shows_interruptions_and_errors() -> None:
     text = markdown(doc(interrupted=True, errors={"soak": "Boom: first line\nsecond line"}))
     assert "interrupted: the results are partial" in text
