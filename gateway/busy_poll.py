@@ -13,8 +13,23 @@ loop's own pace: an iteration that took longer than :data:`WORK_S` ran something
 callback (or the process was preempted), and restarts the window. It costs at most ``window_s``
 of CPU per idle spell and nothing on an idle gateway: the serving protocol arms it when a
 request arrives and when a response completes, and it stops once the window passes with no
-work. Measured on 2026-12-03 (bench latency section, one request in flight, same host phase):
-a 200 µs window took the added latency from 0.71 to 0.45 ms at p50 and 1.57 to 0.91 ms at p99.
+work.
+
+It is off unless ``TOLLGATE_BUSY_POLL_US`` is set, because it helps one traffic pattern and
+hurts another. Measured on 2026-12-03 with a 200 µs window (bench, full policy, two alternating
+runs with and without, 15:40-16:00 UTC):
+
+* one request in flight, back to back: added latency p50 0.70 / 0.68 -> 0.46 / 0.47 ms, p99
+  1.72 / 1.55 -> 1.48 / 1.25 ms; a fast stream's added TTFT 0.92 / 0.89 -> 0.66 / 0.71 ms;
+* open loop at 1,000 req/s: added p50 0.72 / 0.63 -> 0.59 / 0.51 ms, CPU per request
+  552 / 596 -> 640 / 669 µs; at 2,000 req/s no change either way;
+* open loop at 250 req/s (a request every 4 ms): added p50 0.77 / 0.97 -> 1.10 / 1.29 ms and
+  CPU per request 725 / 760 -> 1,005 / 1,115 µs. Yielding the CPU at every poll and polling only
+  while a request is in flight (both tried) kept that regression.
+* a paced stream's first token (the request path idle 100 ms before): no change.
+
+So it suits clients that send their next request at once, on a core of the gateway's own; on
+a shared core, or under a CPU quota that the polling would use up, leave it off.
 """
 
 from __future__ import annotations

@@ -56,10 +56,11 @@ class Settings(BaseSettings):
     count_exactly_below_bytes: int = 64 * 1024
     # The in-process prompt cache's size (the embedded default; with Redis the cache is there).
     cache_memory_bytes: int = 64 * 1024 * 1024
-    # After a request arrives or a response leaves, the event loop polls for this long before
-    # it sleeps (gateway/busy_poll.py): Redis's and the upstream's replies then find it awake.
-    # At most this much CPU per idle spell; 0 turns it off (cores shared under a CPU quota).
-    busy_poll_us: int = Field(default=200, ge=0, le=100_000)
+    # Opt-in: after a request arrives or a response leaves, the event loop polls for this long
+    # past its last work before it sleeps (gateway/busy_poll.py), so a reply or a client's next
+    # request finds it awake. It pays for back-to-back clients on a dedicated core and costs
+    # CPU (and, on this project's 2-core machine, latency) when requests are sparse: off (0).
+    busy_poll_us: int = Field(default=0, ge=0, le=100_000)
 
     def resolved_database_url(self) -> str:
         """The database URL, defaulting to a SQLite file under ``data_dir``."""

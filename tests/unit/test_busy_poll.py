@@ -87,14 +87,13 @@ async def test_close_stops_it_at_once() -> None:
     assert poller.polls == polls
 
 
-def serve_app(busy_poll_us: int, tmp_path: Path) -> tuple[BusyPoll | None, int]:
+def serve_app(busy_poll_us: int | None, tmp_path: Path) -> tuple[BusyPoll | None, int]:
     """``create_app`` on uvicorn with the gateway's protocol, lifespan on (embedded default):
     the poller its lifespan made, and how often it had polled after one request."""
 
     async def main() -> tuple[BusyPoll | None, int]:
-        settings = Settings(
-            policy=DEMO, data_dir=tmp_path, access_log=False, busy_poll_us=busy_poll_us
-        )
+        chosen = {} if busy_poll_us is None else {"busy_poll_us": busy_poll_us}
+        settings = Settings(policy=DEMO, data_dir=tmp_path, access_log=False, **chosen)
         config = uvicorn.Config(
             create_app(settings),
             http=GatewayHttpProtocol,
@@ -135,8 +134,11 @@ def test_the_served_app_polls_after_a_request_with_the_configured_window(
     assert polls > 0
 
 
-def test_zero_turns_it_off(tmp_path: Path) -> None:
-    poller, _ = serve_app(0, tmp_path)
+@pytest.mark.parametrize("busy_poll_us", [0, None], ids=["zero", "default"])
+def test_zero_turns_it_off_and_it_is_off_by_default(
+    busy_poll_us: int | None, tmp_path: Path
+) -> None:
+    poller, _ = serve_app(busy_poll_us, tmp_path)
     assert poller is None
 
 
