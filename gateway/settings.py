@@ -58,8 +58,9 @@ class Settings(BaseSettings):
     cache_memory_bytes: int = 64 * 1024 * 1024
     # Opt-in: after a request arrives or a response leaves, the event loop polls for this long
     # past its last work before it sleeps (gateway/busy_poll.py), so a reply or a client's next
-    # request finds it awake. It pays for back-to-back clients on a dedicated core and costs
-    # CPU (and, on this project's 2-core machine, latency) when requests are sparse: off (0).
+    # request finds it awake. It pays for back-to-back clients and costs CPU (and, on this
+    # project's 2-core machine shared with Redis and the upstream, latency) when requests are
+    # sparse: off (0) unless set.
     busy_poll_us: int = Field(default=0, ge=0, le=100_000)
 
     def resolved_database_url(self) -> str:
