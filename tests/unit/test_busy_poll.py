@@ -4,19 +4,17 @@ protocol arms the poller the app's lifespan made, on a real uvicorn server and e
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 import uvloop
 
 from gateway.app import create_app
 from gateway.busy_poll import STATE_KEY, WORK_S, BusyPoll
-from gateway.cli.http_protocol import GatewayHttpProtocol
 from gateway.settings import Settings
+from tests.support.uvicorn_server import uvicorn_server
 
 DEMO = Path(__file__).resolve().parents[2] / "policies" / "demo.yaml"
 
@@ -94,33 +92,16 @@ def serve_app(busy_poll_us: int | None, tmp_path: Path) -> tuple[BusyPoll | None
     async def main() -> tuple[BusyPoll | None, int]:
         chosen = {} if busy_poll_us is None else {"busy_poll_us": busy_poll_us}
         settings = Settings(policy=DEMO, data_dir=tmp_path, access_log=False, **chosen)
-        config = uvicorn.Config(
-            create_app(settings),
-            http=GatewayHttpProtocol,
-            ws="none",
-            lifespan="on",
-            log_config=None,
-            access_log=False,
-        )
-        server = uvicorn.Server(config)
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        serving = asyncio.ensure_future(server.serve(sockets=[sock]))
-        try:
-            while not server.started:  # noqa: ASYNC110 (uvicorn sets a flag, it has no event)
-                await asyncio.sleep(0.01)
+        async with uvicorn_server(create_app(settings), lifespan="on") as (server, port):
             poller = server.lifespan.state.get(STATE_KEY)  # type: ignore[attr-defined]
             if poller is not None:
                 await until_idle(poller)
             before = poller.polls if poller is not None else 0
-            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{sock.getsockname()[1]}") as c:
-                assert (await c.get("/healthz")).status_code == 200
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+                assert (await client.get("/healthz")).status_code == 200
             if poller is not None:
                 await until_idle(poller)
-            return poller, (poller.polls if poller is not None else 0) - before
-        finally:
-            server.should_exit = True
-            await serving
+        return poller, (poller.polls if poller is not None else 0) - before
 
     return uvloop.run(main())
 

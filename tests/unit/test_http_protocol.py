@@ -14,10 +14,10 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-import uvicorn
 import uvloop
 
-from gateway.cli.http_protocol import CoalescingTransport, GatewayHttpProtocol
+from gateway.cli.http_protocol import CoalescingTransport
+from tests.support.uvicorn_server import uvicorn_server
 
 
 @contextlib.asynccontextmanager
@@ -126,25 +126,8 @@ async def answer(scope: dict, receive, send) -> None:  # type: ignore[no-untyped
 @contextlib.asynccontextmanager
 async def running_server(app: object = None) -> AsyncIterator[int]:
     """uvicorn serving ``app`` (:func:`answer`) through the gateway's protocol; yields its port."""
-    config = uvicorn.Config(
-        app or answer,  # type: ignore[arg-type]
-        http=GatewayHttpProtocol,
-        ws="none",
-        lifespan="off",
-        log_config=None,
-        access_log=False,
-    )
-    server = uvicorn.Server(config)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    serving = asyncio.ensure_future(server.serve(sockets=[sock]))
-    while not server.started:  # noqa: ASYNC110 (uvicorn sets a flag, it has no event)
-        await asyncio.sleep(0.01)
-    try:
-        yield sock.getsockname()[1]
-    finally:
-        server.should_exit = True
-        await serving
+    async with uvicorn_server(app or answer) as (_, port):
+        yield port
 
 
 def test_uvicorn_serves_json_and_streams_through_it_on_uvloop() -> None:
