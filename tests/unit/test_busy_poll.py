@@ -33,8 +33,12 @@ def busy(seconds: float) -> None:
 
 
 def test_a_window_must_be_positive() -> None:
-    with pytest.raises(ValueError, match="window_s"):
-        BusyPoll(asyncio.new_event_loop(), 0)
+    loop = asyncio.new_event_loop()
+    try:
+        with pytest.raises(ValueError, match="window_s"):
+            BusyPoll(loop, 0)
+    finally:
+        loop.close()
 
 
 async def test_armed_it_polls_then_stops_by_itself() -> None:
@@ -69,7 +73,7 @@ async def test_work_in_the_loop_keeps_it_polling_past_the_window() -> None:
     poller.arm()
     loop.call_soon(work, 20)  # ~8 ms of work, four windows long
     await done
-    # Armed once, 2 ms before the work ended: only the work it saw kept it going.
+    # Armed once, with a 2 ms window, before 8 ms of work: only the work it saw kept it going.
     assert all(seen)
     await until_idle(poller)
 
