@@ -9,6 +9,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from pydantic import ValidationError
+
 from gateway.cli import (
     bench,
     budget,
@@ -21,6 +23,7 @@ from gateway.cli import (
     spend,
     tco,
 )
+from gateway.settings import Settings
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,8 +39,25 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    code: int = args.run(args)
+    try:
+        code: int = args.run(args)
+    except ValidationError as exc:
+        if exc.title != Settings.__name__:
+            raise
+        # A TOLLGATE_* variable the settings refuse: say which and why, not a traceback.
+        for line in setting_errors(exc):
+            print(f"tollgate: {line}", file=sys.stderr)
+        return 2
     return code
+
+
+def setting_errors(exc: ValidationError) -> list[str]:
+    """One line per refused setting, named as the environment variable that carries it."""
+    lines = []
+    for error in exc.errors(include_url=False):
+        name = "_".join(str(part) for part in error["loc"])
+        lines.append(f"invalid setting TOLLGATE_{name.upper()}={error['input']!r}: {error['msg']}")
+    return lines
 
 
 if __name__ == "__main__":
