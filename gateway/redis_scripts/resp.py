@@ -9,8 +9,10 @@ own ``parse_error``), so code written against redis-py catches the same types.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import chain
 from typing import Any
 
+from hiredis import pack_command
 from redis._parsers.base import BaseParser
 from redis.exceptions import DataError, InvalidResponse, RedisError
 
@@ -45,23 +47,24 @@ def encode_arg(value: Arg | bytearray | memoryview) -> bytes:
 
 def pack(head: bytes, count: int, *groups: Sequence[Arg]) -> bytes:
     """A command as one buffer: ``count`` arguments, the first ones already encoded in
-    ``head`` (``$<len>\\r\\n<arg>\\r\\n`` each), then every value of ``groups``."""
+    ``head`` (``$<len>\r\n<arg>\r\n`` each), then every value of ``groups``."""
+    try:
+        # hiredis encodes str/int/float/bytes as redis-py does (UTF-8, repr()) in C: a budget
+        # reservation's 20-odd arguments take under half the time of a Python loop over them.
+        # It writes its own "*<n>" line first, which the head's count replaces.
+        # (hiredis's stub types the tuple as having one item.)
+        body = pack_command(tuple(chain.from_iterable(groups)))  # type: ignore[arg-type]
+    except TypeError:  # bool, bytearray, None, anything else: redis-py's rules, in Python
+        return _pack_each(head, count, groups)
+    return b"".join((b"*%d\r\n" % count, head, memoryview(body)[body.index(b"\n") + 1 :]))
+
+
+def _pack_each(head: bytes, count: int, groups: Sequence[Sequence[Arg]]) -> bytes:
     parts = [b"*%d\r\n" % count, head]
     append = parts.append
     for group in groups:
         for value in group:
-            # Exact type checks first: the limiter's arguments are plain str/int/float/bytes,
-            # and these branches cost a fraction of the isinstance chain below.
-            if type(value) is str:
-                data = value.encode()
-            elif type(value) is int:
-                data = b"%d" % value  # identical to repr() for a plain int
-            elif type(value) is bytes:
-                data = value
-            elif type(value) is float:
-                data = repr(value).encode()
-            else:
-                data = encode_arg(value)
+            data = encode_arg(value)
             append(b"$%d\r\n%b\r\n" % (len(data), data))
     return b"".join(parts)
 

@@ -14,7 +14,7 @@ from redis.exceptions import (
 )
 
 from gateway.redis_scripts import Address, ReplyParser
-from gateway.redis_scripts.resp import command
+from gateway.redis_scripts.resp import bulk, command, pack
 
 # One of each reply type, and what it parses to.
 REPLIES: list[tuple[bytes, object]] = [
@@ -112,6 +112,16 @@ ARGS: list[object] = [
 def test_commands_are_encoded_byte_for_byte_as_redis_py_encodes_them() -> None:
     expected = b"".join(Connection().pack_command(*ARGS))
     assert command(*ARGS) == expected  # type: ignore[arg-type]
+
+
+def test_a_script_call_encodes_as_redis_py_does_on_either_path() -> None:
+    # Plain str/int/float/bytes go through hiredis; a bytearray sends the whole command down the
+    # Python path. Both must give redis-py's bytes, after a head that was encoded beforehand.
+    plain = [arg for arg in ARGS[2:] if not isinstance(arg, bytearray | memoryview)]
+    head = bulk(b"EVALSHA") + bulk(b"a" * 40)
+    for args in (plain, [*plain, bytearray(b"ba")]):
+        expected = b"".join(Connection().pack_command("EVALSHA", "a" * 40, *args))
+        assert pack(head, 2 + len(args), args[:2], args[2:]) == expected  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("value", [True, None, object(), [1]])
