@@ -179,7 +179,8 @@ def markdown(doc: Json) -> str:
         *_idle_lines(m.get("idle")),
         f"Gateway: {dig(doc, 'features.workers') or 1} worker, policy "
         f"`{dig(doc, 'features.policy')}`, features on: "
-        f"{', '.join(dig(doc, 'features.declared') or []) or '-'}.{_busy_poll_note(doc)}",
+        f"{', '.join(dig(doc, 'features.declared') or []) or '-'}.{_busy_poll_note(doc)}"
+        f"{_gateway_python_note(doc)}",
         f"Observed: {_observed_line(doc)}.",
         "Upstream: `bench/stub.py` on the same machine; every number is against the direct-to-stub "
         "baseline measured in the same run (see bench/README.md).",
@@ -217,6 +218,14 @@ def _busy_poll_note(doc: Json) -> str:
     if value is None:
         return " Busy polling: the gateway's default (`TOLLGATE_BUSY_POLL_US`)."
     return f" Busy polling: {'off' if value == 0 else f'{value} µs'} (`--busy-poll-us`)."
+
+
+def _gateway_python_note(doc: Json) -> str:
+    """The gateway's Python when ``--gateway-python`` gave it one the bench does not run on."""
+    version = dig(doc, "features.gateway_python")
+    if not version or version == dig(doc, "machine.python"):
+        return ""
+    return f" The gateway ran on Python {version} (`--gateway-python`)."
 
 
 def _observed_line(doc: Json) -> str:

@@ -22,6 +22,7 @@ import os
 import secrets
 import shutil
 import signal
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -85,6 +86,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="the gateway's TOLLGATE_BUSY_POLL_US (default: the gateway's own; 0 turns it off)",
     )
     parser.add_argument(
+        "--gateway-python",
+        help="the Python the gateway runs on (a venv with the gateway's dependencies, e.g. "
+        "another Python version's); the stub and the load generator stay on this one",
+    )
+    parser.add_argument(
         "--gateway-src",
         type=Path,
         help="measure the gateway package in this directory instead (e.g. an older commit: "
@@ -108,6 +114,7 @@ async def measure_all(run: Run) -> None:
         "backends": "embedded" if run.args.embedded else "redis + postgres",
         "gateway_src": str(run.backends.gateway_src or stack.REPO),
         "busy_poll_us": run.backends.busy_poll_us,  # None: the gateway's default
+        "gateway_python": stack.python_version(run.backends.gateway_python),
         "workers": 1,
     }
     log(f"policy: {run.policy.name} ({run.policy.directory})")
@@ -223,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         data_dir=run_dir / "data",
         gateway_src=args.gateway_src.resolve() if args.gateway_src else None,
         busy_poll_us=args.busy_poll_us,
+        gateway_python=args.gateway_python or sys.executable,
     )
     # Ctrl-C and SIGTERM stop the run: processes stopped, partial results written.
     stop = StopSwitch()

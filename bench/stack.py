@@ -71,6 +71,9 @@ class Backends:
     data_dir: Path
     gateway_src: Path | None = None  # another checkout's gateway/ to measure (PYTHONPATH)
     busy_poll_us: int | None = None  # TOLLGATE_BUSY_POLL_US; None: the gateway's default
+    # The interpreter the gateway runs on (another Python version's venv); the stub and the
+    # load generator stay on the bench's own, so only the gateway changes between runs.
+    gateway_python: str = sys.executable
 
 
 @dataclass(slots=True)
@@ -83,10 +86,19 @@ class PolicyChoice:
     refused: list[str] = field(default_factory=list)  # why the full policy was not used
 
 
-def check_policy(directory: Path, env: dict[str, str]) -> tuple[bool, str]:
+def python_version(python: str) -> str:
+    """``platform.python_version()`` of the interpreter ``python``."""
+    code = "import platform; print(platform.python_version())"
+    done = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=60)
+    if done.returncode != 0:
+        raise RuntimeError(f"{python} did not run: {done.stderr.strip()[-500:]}")
+    return done.stdout.strip()
+
+
+def check_policy(directory: Path, env: dict[str, str], python: str) -> tuple[bool, str]:
     """``tollgate check-policy DIR``: (accepted, what it said on stderr)."""
     done = subprocess.run(
-        [sys.executable, "-m", "gateway", "check-policy", str(directory)],
+        [python, "-m", "gateway", "check-policy", str(directory)],
         env=env,
         capture_output=True,
         text=True,
@@ -105,7 +117,7 @@ def choose_policy(backends: Backends, stub_url: str, wanted: str) -> PolicyChoic
     if wanted == "core":
         core.refused.append("--policy core")
         return core
-    ok, said = check_policy(full.directory, env)
+    ok, said = check_policy(full.directory, env, backends.gateway_python)
     if ok:
         return full
     if wanted == "full":
@@ -161,7 +173,7 @@ def start_gateway(
 ) -> Gateway:
     """``tollgate serve`` on a free port; waits for its demo key and for /readyz."""
     port = free_port()
-    argv = [sys.executable, "-m", "gateway", "serve", "--policy", str(policy)]
+    argv = [backends.gateway_python, "-m", "gateway", "serve", "--policy", str(policy)]
     argv += ["--port", str(port), "--workers", str(workers)]
     # Not run from the repository: `python -m` would put it first on sys.path, and
     # --gateway-src (PYTHONPATH) could not point at another checkout.

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import platform
+import sys
 from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
 from bench.idle_probe import GAPS_MS, probe
 from bench.profile import frame_name, top_functions
 from bench.report import dig, evaluate, markdown, write
+from bench.stack import python_version
 
 
 def results(**overrides: Any) -> dict[str, Any]:
@@ -111,6 +115,22 @@ def test_markdown_says_how_the_run_set_busy_polling() -> None:
         doc(features=features(busy_poll_us=0))
     )
     assert "Busy polling: 500 µs" in markdown(doc(features=features(busy_poll_us=500)))
+
+
+def test_markdown_names_the_gateways_python_only_when_it_is_not_the_benchs() -> None:
+    def run_on(version: str) -> str:
+        features = {"policy": "full", "declared": ["cache"], "gateway_python": version}
+        return markdown(doc(features=features))  # the bench itself on 3.11.7
+
+    assert "The gateway ran on Python 3.13.0 (`--gateway-python`)." in run_on("3.13.0")
+    assert "The gateway ran on" not in run_on("3.11.7")
+    assert "The gateway ran on" not in markdown(doc())  # a run from before the flag
+
+
+def test_python_version_asks_the_interpreter_itself() -> None:
+    assert python_version(sys.executable) == platform.python_version()
+    with pytest.raises(RuntimeError, match="did not run"):
+        python_version("/bin/false")
 
 
 def test_markdown_shows_interruptions_and_errors() -> None:
