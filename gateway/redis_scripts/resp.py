@@ -47,7 +47,7 @@ def encode_arg(value: Arg | bytearray | memoryview) -> bytes:
 
 def pack(head: bytes, count: int, *groups: Sequence[Arg]) -> bytes:
     """A command as one buffer: ``count`` arguments, the first ones already encoded in
-    ``head`` (``$<len>\r\n<arg>\r\n`` each), then every value of ``groups``."""
+    ``head`` (``$<len>\\r\\n<arg>\\r\\n`` each), then every value of ``groups``."""
     try:
         # hiredis encodes str/int/float/bytes as redis-py does (UTF-8, repr()) in C: a budget
         # reservation's 20-odd arguments take under half the time of a Python loop over them.
