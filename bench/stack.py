@@ -74,6 +74,8 @@ class Backends:
     # The interpreter the gateway runs on (another Python version's venv); the stub and the
     # load generator stay on the bench's own, so only the gateway changes between runs.
     gateway_python: str = sys.executable
+    # What that interpreter runs, before "serve ...": bench/opcount.py replaces it with itself.
+    gateway_entry: tuple[str, ...] = ("-m", "gateway")
 
 
 @dataclass(slots=True)
@@ -173,7 +175,7 @@ def start_gateway(
 ) -> Gateway:
     """``tollgate serve`` on a free port; waits for its demo key and for /readyz."""
     port = free_port()
-    argv = [backends.gateway_python, "-m", "gateway", "serve", "--policy", str(policy)]
+    argv = [backends.gateway_python, *backends.gateway_entry, "serve", "--policy", str(policy)]
     argv += ["--port", str(port), "--workers", str(workers)]
     # Not run from the repository: `python -m` would put it first on sys.path, and
     # --gateway-src (PYTHONPATH) could not point at another checkout.
