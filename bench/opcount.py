@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import os
-import re
 import shutil
 import signal
 import sys
@@ -37,7 +36,6 @@ Key = tuple[str, int, str]  # file, first line, function
 # The gateway process runs `python bench/opcount.py serve ...`: this file as a script, so the
 # gateway's own import path (an installed or --gateway-src checkout) is left as it is.
 _OUT_ENV = "BENCH_OPCOUNT_OUT"
-_STDLIB = re.compile(r"^.*?/lib/python3\.\d+/")
 
 
 class OpcodeCounter:
@@ -101,10 +99,12 @@ def serve(argv: list[str]) -> int:
 
 def summary(text: str, requests: int, top: int = 30) -> list[str]:
     """The counter's output as a per-request report: the total, then the top functions."""
+    from bench.profile import short_path  # not at the top: `serve` runs without bench importable
+
     rows: list[tuple[int, int, str]] = []
     for line in text.splitlines():
         instructions, calls, where = line.split("\t", 2)
-        rows.append((int(instructions), int(calls), _short(where)))
+        rows.append((int(instructions), int(calls), short_path(where)))
     total = sum(row[0] for row in rows)
     total_calls = sum(row[1] for row in rows)
     report = [
@@ -115,14 +115,6 @@ def summary(text: str, requests: int, top: int = 30) -> list[str]:
     for count, calls_of, name in rows[:top]:
         report.append(f"{count / requests:12,.1f} {calls_of / requests:6.2f}  {name}")
     return report
-
-
-def _short(where: str) -> str:
-    """An installed module's path from its package on, and this checkout's from its top."""
-    if "site-packages/" in where:
-        return where.rsplit("site-packages/", 1)[1]
-    where = _STDLIB.sub("", where)
-    return where.replace(str(Path(__file__).resolve().parent.parent) + "/", "")
 
 
 def run(requests: int, stream: bool, gateway_src: Path | None, top: int) -> list[str]:

@@ -17,6 +17,8 @@ from typing import Any
 
 PY_SPY_HINT = "py-spy is not installed: .venv/bin/pip install py-spy"
 _LINE = re.compile(r":\d+\)$")
+_STDLIB = re.compile(r"^.*?/lib/python3\.\d+/")
+_REPO = str(Path(__file__).resolve().parent.parent) + "/"
 
 
 def py_spy() -> str | None:
@@ -35,14 +37,18 @@ def start_record(pid: int, seconds: float, out: Path, rate: int = 250) -> subpro
     return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
+def short_path(path: str) -> str:
+    """An installed module's path from its package on (site-packages or the standard library),
+    and this checkout's from its top."""
+    if "site-packages/" in path:
+        return path.rsplit("site-packages/", 1)[1]
+    return _STDLIB.sub("", path).replace(_REPO, "")
+
+
 def frame_name(frame: str) -> str:
     """``handle (gateway/pipeline.py:88)`` -> ``handle (gateway/pipeline.py)``, shortened."""
-    frame = _LINE.sub(")", frame.strip())
-    for marker in ("site-packages/", "/work/main/", "lib/python3"):
-        if marker in frame:
-            head, _, tail = frame.partition("(")
-            frame = f"{head}({tail.split(marker, 1)[-1]}"
-    return frame
+    head, paren, tail = _LINE.sub(")", frame.strip()).partition("(")
+    return f"{head}{paren}{short_path(tail)}"
 
 
 def top_functions(collapsed: str, limit: int = 25) -> tuple[int, list[dict[str, Any]]]:
