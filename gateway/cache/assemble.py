@@ -64,36 +64,38 @@ class StreamAssembler:
     def failed(self) -> bool:
         return self._failed
 
-    def feed(self, event: bytes) -> None:
-        """Take one SSE event as relayed (``data: {...}\\n\\n``)."""
+    def feed(self, event: bytes) -> dict[str, Any] | None:
+        """Take one SSE event as relayed (``data: {...}\\n\\n``); the chunk it parsed from it,
+        for the caller to reuse (None when it parsed none: a comment, ``[DONE]``, a failure)."""
         if self._failed:
-            return
+            return None
         if self._done:  # anything after [DONE] is not an OpenAI stream
             self._failed = True
-            return
+            return None
         payload = event[6:].strip() if event.startswith(b"data: ") else self._data_of(event)
         if payload is None:
-            return
+            return None
         if payload == b"[DONE]":
             self._done = True
-            return
+            return None
         self._size += len(payload)
         try:
             chunk = orjson.loads(payload)
         except orjson.JSONDecodeError:
             self._failed = True
-            return
+            return None
         if not isinstance(chunk, dict) or "error" in chunk:
             self._failed = True
-            return
+            return None
         try:
             self._take(chunk)
         except (TypeError, AttributeError, KeyError, ValueError):
             self._failed = True  # a chunk shaped unlike OpenAI's: nothing to trust
-            return
+            return None
         # SSE wraps each delta in ~150 bytes of JSON; the answer is far smaller than the stream.
         if self._size > 8 * self._max_bytes:
             self._failed = True
+        return chunk
 
     def _data_of(self, event: bytes) -> bytes | None:
         """The data of a multi-line event; None for comments. An ``event: error`` fails it."""

@@ -8,6 +8,7 @@ charged for what was generated, not for ``max_tokens``.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
@@ -30,8 +31,9 @@ from gateway.record import RequestRecord
 from gateway.tokens import TokenCounter
 
 _USAGE_NULL = (b'"usage":null', b'"usage": null')
-_CONTENT = (b'"content":"', b'"text":"', b'"content": "', b'"text": "')
-_EMPTY_CONTENT = (b'"content":""', b'"text":""', b'"content": ""', b'"text": ""')
+# A delta that carries text, and one whose text is empty (one regex search each, in C).
+_CONTENT = re.compile(rb'"(?:content|text)": ?"')
+_EMPTY_CONTENT = re.compile(rb'"(?:content|text)": ?""')
 
 
 class StreamRelay:
@@ -89,6 +91,10 @@ class StreamRelay:
     async def _events(self) -> AsyncIterator[bytes]:
         record = self._record
         finished = False
+        # An event the client has been given whose bookkeeping (the cache's assembly, the text
+        # kept for counting) is still to do: done after the yield, so that the client's write
+        # does not wait for a JSON parse, or on the way out if the client leaves meanwhile.
+        owed: bytes | None = None
         try:
             async for event in self._stream:
                 if record.ttft_ms is None:
@@ -99,9 +105,8 @@ class StreamRelay:
                     self._attempt.first_byte()
                     if b'"usage"' not in event:
                         self._texts = []
-                if self._assembler is not None:
-                    self._assembler.feed(event)
                 if is_done(event):
+                    self._track(event)
                     finished = True
                     self._complete()
                     self._attempt.succeeded(record.completion_tokens)
@@ -110,14 +115,20 @@ class StreamRelay:
                     yield event
                     return
                 if b'"usage"' in event and not any(n in event for n in _USAGE_NULL):
+                    # Read before the client sees it: it may be dropped or rewritten.
+                    self._track(event)
                     event = self._take_usage(event)
                     if not event:
                         continue
-                self._count(event)
+                else:
+                    owed = event
                 if time.perf_counter() >= self._renew_at:
                     self._renew_at = time.perf_counter() + self._timeout_s / 2
                     self._background.spawn(self._hold.refresh(self._timeout_s))
                 yield event
+                if owed is not None:
+                    self._track(owed)
+                    owed = None
             raise UpstreamProtocolError(
                 f"upstream {record.provider} ({record.replica}) ended the stream early"
             )
@@ -133,6 +144,8 @@ class StreamRelay:
         except BaseException:
             # The client went away (the response task was cancelled): stop generation now, and
             # settle in a task of its own, since every await here would be cancelled too.
+            if owed is not None:
+                self._track(owed)  # it was generated (and sent): it is paid for
             if not finished:
                 record.status, record.error_type = "client_disconnect", "client_disconnect"
                 self._background.spawn(self._charge_generated())
@@ -168,14 +181,15 @@ class StreamRelay:
                 return b"data: " + orjson.dumps(chunk) + b"\n\n"
         return event
 
-    def _count(self, event: bytes) -> None:
-        """Track what was generated, for a stream that ends without usage."""
-        if any(marker in event for marker in _CONTENT) and not any(
-            empty in event for empty in _EMPTY_CONTENT
-        ):
+    def _track(self, event: bytes) -> None:
+        """One event's bookkeeping: the cache's assembly of the answer, and what was generated,
+        for a stream that ends without usage (the assembler's parse is reused when it made one).
+        """
+        parsed = self._assembler.feed(event) if self._assembler is not None else None
+        if _CONTENT.search(event) and not _EMPTY_CONTENT.search(event):
             self._content_chunks += 1
             if self._texts is not None:
-                self._texts.append(_text_of(event))
+                self._texts.append(_text_of(event) if parsed is None else _chunk_text(parsed))
 
     def _completion_tokens(self) -> int:
         if self._usage is not None:
@@ -235,9 +249,16 @@ class StreamRelay:
 def _text_of(event: bytes) -> str:
     try:
         chunk: Any = orjson.loads(event[event.index(b"{") :])
+    except (ValueError, orjson.JSONDecodeError):
+        return ""
+    return _chunk_text(chunk)
+
+
+def _chunk_text(chunk: Any) -> str:
+    try:
         choice = chunk["choices"][0]
         delta = choice.get("delta")
         text = delta.get("content") if isinstance(delta, dict) else choice.get("text")
-    except (ValueError, KeyError, IndexError, TypeError, AttributeError, orjson.JSONDecodeError):
+    except (KeyError, IndexError, TypeError, AttributeError):
         return ""
     return text if isinstance(text, str) else ""

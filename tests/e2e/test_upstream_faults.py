@@ -7,10 +7,12 @@ from collections.abc import AsyncIterator
 import openai
 import pytest
 
-from tests.e2e.conftest import Gateway, GatewayFactory, sim_policy
+from gateway.tokens import TokenCounter
+from tests.e2e.conftest import SEARCH_KEY, Gateway, GatewayFactory, sim_policy
 from tests.support.bad_upstream import BadUpstream, bad_upstream, closed_port
 
 MESSAGES = [{"role": "user", "content": "hi"}]
+_AUTH = {"authorization": f"Bearer {SEARCH_KEY}"}
 
 
 @pytest.fixture
@@ -144,3 +146,30 @@ async def test_stream_cut_half_way_ends_with_an_error_event(
     assert received == ["tok0 ", "tok1 ", "tok2 "]
     assert upstream.calls["cut-stream"] == 1
     await _healthy(gateway)
+
+
+@pytest.mark.parametrize("cache", [False, True], ids=["uncached", "cached"])
+async def test_a_cut_stream_without_usage_pays_for_the_text_it_relayed(
+    make_gateway: GatewayFactory, upstream: BadUpstream, cache: bool
+) -> None:
+    """No usage came, so the text relayed is counted: parsed by the relay, or taken from the
+    cache's assembler, which parsed each event already, on a route that caches."""
+    policy = _policy(upstream.url("cut-stream")).replace(
+        "  search:\n", "  search:\n    budgets: [{tokens: 100000, window: day}]\n", 1
+    )
+    gateway = await make_gateway(policy + ("cache:\n  mode: all\n" if cache else ""))
+    stream = await gateway.client().chat.completions.create(
+        model="chat", messages=MESSAGES, stream=True
+    )
+    received = []
+    with pytest.raises(openai.APIError, match=r"upstream stream from .* broke"):
+        async for chunk in stream:
+            received.append(chunk.choices[0].delta.content)
+    assert received == ["tok0 ", "tok1 ", "tok2 "]
+    counter = TokenCounter()
+    prompt = counter.count_chat(MESSAGES, "bad-model")
+    completion = counter.count_text("".join(received), "bad-model")
+    found = await gateway.http.get("/v1/tollgate/budget", headers=_AUTH)
+    window = next(w for w in found.json()["windows"] if w["unit"] == "tokens")
+    # Settled before the error event was sent: exact at once.
+    assert (window["used"], window["reserved"]) == (prompt + completion, 0)

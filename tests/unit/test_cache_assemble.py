@@ -217,3 +217,18 @@ def test_a_stream_far_over_the_entry_limit_is_given_up() -> None:
     events += [chunk({}, "stop"), DONE]
     assert assemble(CHAT, events, max_bytes=1000) is None
     assert assemble(CHAT, events, max_bytes=100_000) is not None
+
+
+def test_feed_hands_back_the_chunk_it_parsed_for_reuse() -> None:
+    """The relay reuses the parse (for the text it counts): each data event's chunk comes back;
+    a comment, [DONE] and anything after a failure give None."""
+    assembler = StreamAssembler(CHAT, 1 << 20)
+    chunk = {"choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": None}]}
+    assert assembler.feed(b"data: " + orjson.dumps(chunk) + b"\n\n") == chunk
+    assert assembler.feed(b": keep-alive\n\n") is None
+    assert assembler.feed(b"data: [DONE]\n\n") is None
+    assert assembler.feed(b"data: " + orjson.dumps(chunk) + b"\n\n") is None  # after [DONE]
+    assert assembler.failed
+    broken = StreamAssembler(CHAT, 1 << 20)
+    assert broken.feed(b"data: {not json\n\n") is None and broken.failed
+    assert broken.feed(b"data: " + orjson.dumps(chunk) + b"\n\n") is None

@@ -1,0 +1,123 @@
+"""The stream relay gives the client each event before doing its bookkeeping, and still pays for
+an event whose bookkeeping the client's departure cut short."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import cast
+
+from gateway.budget import build_plan
+from gateway.budget.memory_limiter import MemoryLimiter
+from gateway.cache import PromptCache
+from gateway.cache.store import MemoryCacheStore
+from gateway.metrics import Metrics
+from gateway.pipeline.accounting import Hold
+from gateway.pipeline.attempts import Attempt
+from gateway.pipeline.background import Background
+from gateway.pipeline.prompt_count import PromptCount
+from gateway.pipeline.relay import StreamRelay
+from gateway.policy.schema import Defaults
+from gateway.pricing import Price
+from gateway.record import RequestRecord
+from gateway.routing import Breakers, RoutingStats
+from gateway.routing.plan import RoutePlan
+from gateway.tokens import TokenCounter
+
+MODEL = "gpt-4o"
+# An upstream that reports no usage: what was generated is counted from the text relayed.
+EVENTS = [
+    b'data: {"choices":[{"index":0,"delta":{"content":"Hello"},"finish_reason":null}]}\n\n',
+    b'data: {"choices":[{"index":0,"delta":{"content":" there,"},"finish_reason":null}]}\n\n',
+    b'data: {"choices":[{"index":0,"delta":{"content":" friend"},"finish_reason":null}]}\n\n',
+]
+
+
+class Upstream:
+    """An open upstream stream that gives the events it was made with."""
+
+    def __init__(self, events: list[bytes]) -> None:
+        self.events = events
+        self.closed = False
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._events()
+
+    async def _events(self) -> AsyncIterator[bytes]:
+        for event in self.events:
+            yield event
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+def _relay(background: Background) -> tuple[StreamRelay, RequestRecord]:
+    record = RequestRecord("req_relay", time.perf_counter(), route="chat", stream=True)
+    plan = RoutePlan(
+        route="chat",
+        strategy="cheapest",
+        attempts=(),
+        ttft_target_s=None,
+        total_target_s=None,
+        percentile=0.9,
+        predicted_miss=False,
+        probe=False,
+    )
+    relay = StreamRelay(
+        Upstream(EVENTS),  # type: ignore[arg-type]
+        record,
+        hold=Hold(MemoryLimiter(), build_plan("t", None, Defaults()), record),
+        price=Price.per_mtok(1.0, 2.0, "explicit"),
+        model=MODEL,
+        client_wants_usage=False,
+        cache=PromptCache(MemoryCacheStore(), "test:"),
+        cache_plan=None,
+        prompt=PromptCount(10, True, lambda: 10),
+        tokens=TokenCounter(),
+        finish=lambda record: None,
+        background=background,
+        metrics=Metrics(),
+        attempt=Attempt(RoutingStats(), Breakers(), plan, record, "dep"),
+        upstream_s=0.0,
+        timeout_s=60.0,
+    )
+    return relay, record
+
+
+def _tokens(*texts: str) -> int:
+    return TokenCounter().count_text("".join(texts), MODEL)
+
+
+def test_an_event_is_handed_on_before_it_is_accounted_for() -> None:
+    async def main() -> None:
+        background = Background()
+        relay, record = _relay(background)
+        events = cast(AsyncGenerator[bytes, None], relay.__aiter__())
+        assert await events.__anext__() == EVENTS[0]
+        # The client's write comes first: nothing counted yet (no parse on the way out).
+        assert record.completion_tokens == 0 and relay._content_chunks == 0
+        assert await events.__anext__() == EVENTS[1]
+        assert relay._content_chunks == 1  # the first, once the relay was asked for more
+        await events.aclose()
+        await background.drain()
+
+    asyncio.run(main())
+
+
+def test_a_client_that_leaves_pays_for_the_last_event_it_was_given() -> None:
+    """The client leaves while the second event is being sent (the relay's generator is closed
+    at that yield): its bookkeeping is done on the way out, so it is charged."""
+
+    async def main() -> None:
+        background = Background()
+        relay, record = _relay(background)
+        events = cast(AsyncGenerator[bytes, None], relay.__aiter__())
+        await events.__anext__()
+        await events.__anext__()
+        await events.aclose()
+        await background.drain()
+        assert record.status == "client_disconnect"
+        assert record.completion_tokens == _tokens("Hello", " there,")
+
+    asyncio.run(main())
