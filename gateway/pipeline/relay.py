@@ -8,6 +8,7 @@ charged for what was generated, not for ``max_tokens``.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -84,6 +85,8 @@ class StreamRelay:
         self._content_chunks = 0
         # Set when the upstream shows it will not report usage: then the text is counted.
         self._texts: list[str] | None = None
+        self._owed: list[bytes] = []  # events sent whose bookkeeping is still to do
+        self._catching_up = False  # a call of _catch_up is queued
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self._events()
@@ -91,10 +94,7 @@ class StreamRelay:
     async def _events(self) -> AsyncIterator[bytes]:
         record = self._record
         finished = False
-        # An event the client has been given whose bookkeeping (the cache's assembly, the text
-        # kept for counting) is still to do: done after the yield, so that the client's write
-        # does not wait for a JSON parse, or on the way out if the client leaves meanwhile.
-        owed: bytes | None = None
+        loop = asyncio.get_running_loop()
         try:
             async for event in self._stream:
                 if record.ttft_ms is None:
@@ -106,6 +106,11 @@ class StreamRelay:
                     if b'"usage"' not in event:
                         self._texts = []
                 if is_done(event):
+                    if self._owed:
+                        # The events before it leave first (their write is queued): one turn
+                        # of the loop, instead of holding them back for the accounting below.
+                        await asyncio.sleep(0)
+                        self._catch_up()
                     self._track(event)
                     finished = True
                     self._complete()
@@ -114,25 +119,27 @@ class StreamRelay:
                     self._finish(record)
                     yield event
                     return
+                # Each event's bookkeeping (the cache's assembly, the text kept for counting)
+                # waits until the server has written it: the client's bytes do not wait for a
+                # JSON parse. Listed first, so a client leaving at the yield still pays for it.
+                self._owed.append(event)
                 if b'"usage"' in event and not any(n in event for n in _USAGE_NULL):
-                    # Read before the client sees it: it may be dropped or rewritten.
-                    self._track(event)
-                    event = self._take_usage(event)
-                    if not event:
-                        continue
-                else:
-                    owed = event
-                if time.perf_counter() >= self._renew_at:
-                    self._renew_at = time.perf_counter() + self._timeout_s / 2
-                    self._background.spawn(self._hold.refresh(self._timeout_s))
-                yield event
-                if owed is not None:
-                    self._track(owed)
-                    owed = None
+                    event = self._take_usage(event)  # it may be dropped or rewritten
+                if event:
+                    if time.perf_counter() >= self._renew_at:
+                        self._renew_at = time.perf_counter() + self._timeout_s / 2
+                        self._background.spawn(self._hold.refresh(self._timeout_s))
+                    yield event
+                if not self._catching_up:
+                    # Queued behind the server's write of what was just sent (it queued that
+                    # write as the event was sent), and done for every event listed by then.
+                    self._catching_up = True
+                    loop.call_soon(self._catch_up)
             raise UpstreamProtocolError(
                 f"upstream {record.provider} ({record.replica}) ended the stream early"
             )
         except UpstreamError as exc:
+            self._catch_up()
             record.status, record.error_type = "upstream_error", exc.code
             record.http_status = exc.status
             self._metrics.upstream_error(record.deployment, exc.code)
@@ -144,8 +151,7 @@ class StreamRelay:
         except BaseException:
             # The client went away (the response task was cancelled): stop generation now, and
             # settle in a task of its own, since every await here would be cancelled too.
-            if owed is not None:
-                self._track(owed)  # it was generated (and sent): it is paid for
+            self._catch_up()  # what was generated (and sent) is paid for
             if not finished:
                 record.status, record.error_type = "client_disconnect", "client_disconnect"
                 self._background.spawn(self._charge_generated())
@@ -180,6 +186,13 @@ class StreamRelay:
                 chunk["usage"]["cost_usd"] = Charge(0, nanos).usd
                 return b"data: " + orjson.dumps(chunk) + b"\n\n"
         return event
+
+    def _catch_up(self) -> None:
+        """The bookkeeping of every event sent so far, in order."""
+        self._catching_up = False
+        owed, self._owed = self._owed, []
+        for event in owed:
+            self._track(event)
 
     def _track(self, event: bytes) -> None:
         """One event's bookkeeping: the cache's assembly of the answer, and what was generated,

@@ -52,7 +52,9 @@ class Upstream:
         self.closed = True
 
 
-def _relay(background: Background) -> tuple[StreamRelay, RequestRecord]:
+def _relay(
+    background: Background, events: list[bytes] = EVENTS
+) -> tuple[StreamRelay, RequestRecord]:
     record = RequestRecord("req_relay", time.perf_counter(), route="chat", stream=True)
     plan = RoutePlan(
         route="chat",
@@ -65,7 +67,7 @@ def _relay(background: Background) -> tuple[StreamRelay, RequestRecord]:
         probe=False,
     )
     relay = StreamRelay(
-        Upstream(EVENTS),  # type: ignore[arg-type]
+        Upstream(events),  # type: ignore[arg-type]
         record,
         hold=Hold(MemoryLimiter(), build_plan("t", None, Defaults()), record),
         price=Price.per_mtok(1.0, 2.0, "explicit"),
@@ -89,16 +91,24 @@ def _tokens(*texts: str) -> int:
     return TokenCounter().count_text("".join(texts), MODEL)
 
 
-def test_an_event_is_handed_on_before_it_is_accounted_for() -> None:
+def test_an_event_is_accounted_for_after_the_loop_turn_that_writes_it() -> None:
+    """The server queues an event's write when it is sent; the relay queues the event's
+    bookkeeping behind it, for the whole batch sent in that turn of the loop."""
+
     async def main() -> None:
         background = Background()
-        relay, record = _relay(background)
+        relay, _ = _relay(background)
         events = cast(AsyncGenerator[bytes, None], relay.__aiter__())
+        written: list[int] = []
+        loop = asyncio.get_running_loop()
         assert await events.__anext__() == EVENTS[0]
-        # The client's write comes first: nothing counted yet (no parse on the way out).
-        assert record.completion_tokens == 0 and relay._content_chunks == 0
+        loop.call_soon(lambda: written.append(relay._content_chunks))  # the server's write
         assert await events.__anext__() == EVENTS[1]
-        assert relay._content_chunks == 1  # the first, once the relay was asked for more
+        # Handing on the second event did not account for the first: no parse on the way out.
+        assert relay._content_chunks == 0
+        await asyncio.sleep(0)
+        assert written == [0]  # the write went first
+        assert relay._content_chunks == 2  # then both, in one go
         await events.aclose()
         await background.drain()
 
@@ -119,5 +129,27 @@ def test_a_client_that_leaves_pays_for_the_last_event_it_was_given() -> None:
         await background.drain()
         assert record.status == "client_disconnect"
         assert record.completion_tokens == _tokens("Hello", " there,")
+
+    asyncio.run(main())
+
+
+def test_events_that_arrived_with_the_end_leave_before_the_accounting() -> None:
+    """A fast upstream's whole answer comes in one read: its events are written before the
+    relay accounts for the answer (which it must do before the client sees [DONE])."""
+
+    async def main() -> None:
+        background = Background()
+        relay, record = _relay(background, [*EVENTS, b"data: [DONE]\n\n"])
+        events = cast(AsyncGenerator[bytes, None], relay.__aiter__())
+        accounted_at_write: list[float | None] = []
+        assert await events.__anext__() == EVENTS[0]
+        # The server's write of what was sent in this turn of the loop, queued by the first send.
+        asyncio.get_running_loop().call_soon(lambda: accounted_at_write.append(record.total_ms))
+        assert [await events.__anext__() for _ in EVENTS[1:]] == EVENTS[1:]
+        assert await events.__anext__() == b"data: [DONE]\n\n"
+        assert accounted_at_write == [None]  # written first
+        assert record.total_ms is not None  # accounted for before [DONE] was handed on
+        assert record.completion_tokens == _tokens("Hello", " there,", " friend")
+        await background.drain()
 
     asyncio.run(main())
