@@ -8,6 +8,7 @@ over-reserved, and identical requests get the answer from this process until its
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from gateway.budget import Charge, Fill
 from gateway.cache import PendingWrite, PromptCache
@@ -15,12 +16,25 @@ from gateway.pipeline.accounting import Hold
 
 
 async def settle_and_write(
-    hold: Hold, cache: PromptCache, actual: Charge, pending: PendingWrite | None
+    hold: Hold,
+    cache: PromptCache,
+    actual: Charge,
+    pending: PendingWrite | None,
+    *,
+    keep: Callable[[], PendingWrite | None] | None = None,
 ) -> None:
+    """Settle ``actual`` and write ``pending`` (or what ``keep`` makes: the cache entry, built
+    here once the answer has left rather than before it)."""
     # Spawned while the answer is being sent, this task's first step would run before the
     # server's coalesced write of that answer (scheduled just after it): one turn of the loop
     # lets the answer leave first, and the settle's Redis write follows it.
     await asyncio.sleep(0)
+    if keep is not None:
+        try:
+            pending = keep()
+        except BaseException:
+            await hold.settle(actual)  # the budget is settled whatever the cache's trouble
+            raise
     if pending is None:
         await hold.settle(actual)
         return

@@ -40,7 +40,7 @@ from gateway.budget import (
     Probe,
     completion_limit,
 )
-from gateway.cache import CacheEntry, CachePlan, PromptCache
+from gateway.cache import CacheEntry, CachePlan, PendingWrite, PromptCache
 from gateway.errors import (
     GatewayError,
     NotFound,
@@ -482,20 +482,39 @@ class Pipeline:
         # The ledger records exactly what the budget was charged (nano-dollars, rounded up).
         record.cost_usd = charge.usd
         headers["x-tollgate-cost-usd"] = f"{record.cost_usd:.9f}"
-        pending = None
+        keep = None
         if cache_plan is not None:
-            entry = PromptCache.entry_from_json(
+            keep = functools.partial(
+                self._keep_json,
                 cache_plan,
                 reply.body,
-                deployment=record.deployment or "",
-                cost_usd=record.cost_usd,
-                usage=(prompt, completion, cached),
+                record.deployment or "",
+                record.cost_usd,
+                (prompt, completion, cached),
             )
-            pending = self._cache.finish(cache_plan, entry)
         # Settling only gives back what the hold over-reserved, so the answer need not wait
-        # for it: the budget stays conservative until the settle lands a moment later.
-        self._background.spawn(settle_and_write(hold, self._cache, charge, pending))
+        # for it: the budget stays conservative until the settle lands a moment later. Nor for
+        # its cache entry: identical requests wait on this one's flight until it is kept.
+        self._background.spawn(settle_and_write(hold, self._cache, charge, None, keep=keep))
         return JsonResult(reply.status, reply.body, reply.content_type, headers)
+
+    def _keep_json(
+        self,
+        plan: CachePlan,
+        body: bytes,
+        deployment: str,
+        cost_usd: float,
+        usage: tuple[int, int, int],
+    ) -> PendingWrite | None:
+        """The answer's cache entry, made and handed to the cache (its flight ends here)."""
+        try:
+            entry = PromptCache.entry_from_json(
+                plan, body, deployment=deployment, cost_usd=cost_usd, usage=usage
+            )
+        except BaseException:
+            self._cache.abandon(plan)  # the requests waiting on this one go ahead alone
+            raise
+        return self._cache.finish(plan, entry)
 
     def _usage_from_text(self, body: bytes, model: str, prompt_tokens: int) -> Usage:
         """An upstream that reports no usage: count the answer's text ourselves (with the
