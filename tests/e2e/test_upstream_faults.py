@@ -129,12 +129,8 @@ async def test_invalid_json(make_gateway: GatewayFactory, upstream: BadUpstream)
     await _healthy(gateway)
 
 
-async def test_stream_cut_half_way_ends_with_an_error_event(
-    make_gateway: GatewayFactory, upstream: BadUpstream
-) -> None:
-    gateway = await make_gateway(
-        _policy(upstream.url("cut-stream"), candidates="[broken, sim-chat]")
-    )
+async def _read_cut_stream(gateway: Gateway) -> list[str | None]:
+    """The deltas of a stream the upstream cuts off, which ends with the gateway's error event."""
     stream = await gateway.client().chat.completions.create(
         model="chat", messages=MESSAGES, stream=True
     )
@@ -142,6 +138,16 @@ async def test_stream_cut_half_way_ends_with_an_error_event(
     with pytest.raises(openai.APIError, match=r"upstream stream from .* broke"):
         async for chunk in stream:
             received.append(chunk.choices[0].delta.content)
+    return received
+
+
+async def test_stream_cut_half_way_ends_with_an_error_event(
+    make_gateway: GatewayFactory, upstream: BadUpstream
+) -> None:
+    gateway = await make_gateway(
+        _policy(upstream.url("cut-stream"), candidates="[broken, sim-chat]")
+    )
+    received = await _read_cut_stream(gateway)
     # Bytes had reached the client, so there was no failover: the stream says it broke instead.
     assert received == ["tok0 ", "tok1 ", "tok2 "]
     assert upstream.calls["cut-stream"] == 1
@@ -158,17 +164,11 @@ async def test_a_cut_stream_without_usage_pays_for_the_text_it_relayed(
         "  search:\n", "  search:\n    budgets: [{tokens: 100000, window: day}]\n", 1
     )
     gateway = await make_gateway(policy + ("cache:\n  mode: all\n" if cache else ""))
-    stream = await gateway.client().chat.completions.create(
-        model="chat", messages=MESSAGES, stream=True
-    )
-    received = []
-    with pytest.raises(openai.APIError, match=r"upstream stream from .* broke"):
-        async for chunk in stream:
-            received.append(chunk.choices[0].delta.content)
+    received = await _read_cut_stream(gateway)
     assert received == ["tok0 ", "tok1 ", "tok2 "]
     counter = TokenCounter()
     prompt = counter.count_chat(MESSAGES, "bad-model")
-    completion = counter.count_text("".join(received), "bad-model")
+    completion = counter.count_text("tok0 tok1 tok2 ", "bad-model")
     found = await gateway.http.get("/v1/tollgate/budget", headers=_AUTH)
     window = next(w for w in found.json()["windows"] if w["unit"] == "tokens")
     # Settled before the error event was sent: exact at once.
