@@ -37,3 +37,26 @@ def test_a_cache_entry_that_fails_to_be_made_still_leaves_the_budget_settled() -
         assert [(w.used, w.reserved) for w in windows] == [(120, 0)]
 
     asyncio.run(main())
+
+
+def test_the_entry_is_made_after_the_answer_is_written() -> None:
+    """Spawned as the answer is sent, the task lets the server's write (queued just after it)
+    go first, then makes the entry."""
+
+    async def main() -> None:
+        order: list[str] = []
+        record = RequestRecord("req_3", time.perf_counter())
+        hold = Hold(MemoryLimiter(), build_plan("t", None, Defaults()), record)
+
+        def keep() -> PendingWrite | None:
+            order.append("entry made")
+            return None
+
+        loop = asyncio.get_running_loop()
+        cache = PromptCache(MemoryCacheStore(), "test:")
+        task = loop.create_task(settle_and_write(hold, cache, Charge(1, 0), None, keep=keep))
+        loop.call_soon(order.append, "answer written")
+        await task
+        assert order == ["answer written", "entry made"]
+
+    asyncio.run(main())
