@@ -18,7 +18,7 @@ import orjson
 
 from gateway.errors import InvalidRequest
 from gateway.providers.base import Endpoint, Usage
-from gateway.sim.answers import Generation, parse_request
+from gateway.sim.answers import Generation, parse_request, sleep_at_least
 from gateway.sim.config import SimConfig
 
 __all__ = ["ERROR_BODY", "SimConfig", "SimEngine", "SimReply", "SimStats", "SimStream"]
@@ -167,7 +167,7 @@ class SimEngine:
         try:
             delay = job.latency_s(config)
             if delay > 0:
-                await asyncio.sleep(delay)
+                await sleep_at_least(delay)
         except asyncio.CancelledError:
             stats.cancelled += 1
             raise

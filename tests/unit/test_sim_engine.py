@@ -7,6 +7,7 @@ import base64
 import math
 import struct
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -17,7 +18,7 @@ from gateway.errors import InvalidRequest, UpstreamError
 from gateway.policy.schema import SimProvider
 from gateway.providers.base import Endpoint, UpstreamReply, UpstreamRequest, Usage
 from gateway.providers.sim import SimUpstream
-from gateway.sim.answers import DEFAULT_COMPLETION_TOKENS, DEFAULT_DIMENSIONS
+from gateway.sim.answers import DEFAULT_COMPLETION_TOKENS, DEFAULT_DIMENSIONS, sleep_at_least
 from gateway.sim.engine import ERROR_BODY, SimConfig, SimEngine, SimReply, SimStream
 
 MESSAGES = [
@@ -375,3 +376,35 @@ async def test_upstream_stream_yields_events_and_stops_on_close() -> None:
     assert upstream.engine.stats.cancelled == 1
     bad = await upstream.open_stream(upstream_request(Endpoint.CHAT, {"model": "m"}, True))
     assert isinstance(bad, UpstreamReply) and bad.status == 400
+
+
+class _MillisecondLoop(asyncio.SelectorEventLoop):
+    """A loop whose clock, like libuv's, counts whole milliseconds: a timer due at a millisecond
+    fires as soon as the loop wakes within it, up to a millisecond early by the high-resolution
+    clock, when something else (another stream) keeps the loop awake."""
+
+    def time(self) -> float:
+        return math.floor(super().time() * 1000) / 1000
+
+
+def test_the_simulated_latency_is_a_floor_even_on_a_millisecond_clock() -> None:
+    async def shortest(sleep: Callable[[float], Awaitable[None]]) -> float:
+        async def other_work() -> None:
+            while True:  # noqa: ASYNC110 - it keeps the loop awake, as other streams would
+                await asyncio.sleep(0)
+
+        busy = asyncio.get_running_loop().create_task(other_work())
+        durations = []
+        for _ in range(20):
+            started = time.perf_counter()
+            await sleep(0.005)
+            durations.append(time.perf_counter() - started)
+        busy.cancel()
+        return min(durations)
+
+    loop = _MillisecondLoop()
+    try:
+        assert loop.run_until_complete(shortest(asyncio.sleep)) < 0.005  # the trouble, shown
+        assert loop.run_until_complete(shortest(sleep_at_least)) >= 0.005
+    finally:
+        loop.close()
