@@ -14,7 +14,7 @@ import re
 import shutil
 import subprocess
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,20 +87,44 @@ def step_json(step: StepResult) -> Json:
     }
 
 
+ServicesCpu = Callable[[], Mapping[str, float]]  # CPU seconds so far per local service
+
+
 def step_cost(
-    step: StepResult, cpu_before: float, gateway_cpu: Callable[[], float] | None, host: HostTicks
+    step: StepResult,
+    cpu_before: float,
+    gateway_cpu: Callable[[], float] | None,
+    host: HostTicks,
+    services_before: Mapping[str, float] | None = None,
+    services_cpu: ServicesCpu | None = None,
 ) -> Json:
-    """The gateway's CPU per answered request over a step, and the host's steal meanwhile."""
-    steal = HostTicks.now().steal_share_since(host)
-    cost: Json = {"host_steal_pct": None if steal is None else round(100 * steal, 1)}
+    """The gateway's CPU per answered request over a step, the host's steal and how busy the
+    machine was meanwhile, and the CPU per answered request of each local service (Redis,
+    Postgres) that ``services_cpu`` reads: on a small machine they share the gateway's cores."""
+    now = HostTicks.now()
+    steal, busy = now.steal_share_since(host), now.busy_share_since(host)
+    cost: Json = {
+        "host_steal_pct": None if steal is None else round(100 * steal, 1),
+        "machine_busy_pct": None if busy is None else round(100 * busy, 1),
+    }
     if gateway_cpu is not None and step.ok:
         cost["gateway_cpu_us_per_request"] = round((gateway_cpu() - cpu_before) / step.ok * 1e6, 1)
+    if services_cpu is not None and services_before is not None and step.ok:
+        for name, used in services_cpu().items():
+            if name in services_before:
+                spent = (used - services_before[name]) / step.ok * 1e6
+                cost[f"{name}_cpu_us_per_request"] = round(spent, 1)
     return cost
 
 
 def _cost_text(cost: Json) -> str:
     cpu, steal = cost.get("gateway_cpu_us_per_request"), cost.get("host_steal_pct")
     text = f"  cpu {cpu:.0f} us/req" if cpu is not None else ""
+    for name in ("redis", "postgres"):
+        used = cost.get(f"{name}_cpu_us_per_request")
+        text += f" ({name} {used:.0f})" if used is not None else ""
+    busy = cost.get("machine_busy_pct")
+    text += f"  busy {busy:.0f}%" if busy is not None else ""
     return text + (f"  steal {steal:.0f}%" if steal is not None else "")
 
 
@@ -201,6 +225,7 @@ async def find_max_rate(
     log: Callable[[str], None] = print,
     settle: Callable[[], Awaitable[object]] | None = None,
     gateway_cpu: Callable[[], float] | None = None,
+    services_cpu: ServicesCpu | None = None,
 ) -> Json:
     """2./7. The highest offered rate the gateway holds with added p99 <= ``max_added_p99_ms``.
 
@@ -208,7 +233,8 @@ async def find_max_rate(
     overloaded step left queued), so one step's backlog does not spoil the next.
     ``gateway_cpu`` (CPU seconds the gateway's processes have used so far) puts the gateway's
     CPU per request in each step, with the host's steal: figures a noisy neighbour moves far
-    less than it moves a p99.
+    less than it moves a p99. ``services_cpu`` adds Redis's and Postgres's CPU per request and
+    how busy the machine was.
     """
     steps: list[Json] = []
     passed: list[float] = []
@@ -229,8 +255,9 @@ async def find_max_rate(
         await warmed(pool, rate)
         host = HostTicks.now()
         cpu = gateway_cpu() if gateway_cpu is not None else math.nan
+        services = services_cpu() if services_cpu is not None else None
         step = await run_step(pool, make_body, rate, step_s)
-        return step, step_cost(step, cpu, gateway_cpu, host)
+        return step, step_cost(step, cpu, gateway_cpu, host, services, services_cpu)
 
     async def attempt(rate: float) -> bool:
         nonlocal reason

@@ -15,7 +15,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -216,12 +216,34 @@ def cpu_seconds(pids: Sequence[int]) -> float:
     return total / ticks
 
 
+def _stat_lines() -> Iterator[tuple[int, str]]:
+    """(pid, ``/proc/PID/stat`` line) of every running process (skipping any that exit)."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as stat:
+                line = stat.read()
+        except OSError:
+            continue
+        yield int(entry), line
+
+
+def pids_named(names: Collection[str]) -> list[int]:
+    """The running processes whose command name (``/proc/PID/stat``'s, e.g. ``redis-server``
+    or ``postgres``) is one of ``names``."""
+    return [
+        pid for pid, line in _stat_lines() if line[line.find("(") + 1 : line.rfind(")")] in names
+    ]
+
+
 @dataclass(frozen=True, slots=True)
 class HostTicks:
     """The machine's CPU time so far, from the first line of ``/proc/stat`` (clock ticks)."""
 
     total: int
     steal: int
+    idle: int = 0  # idle + iowait
 
     @classmethod
     def now(cls) -> HostTicks:
@@ -232,13 +254,21 @@ class HostTicks:
         except (OSError, ValueError):
             return cls(0, 0)
         # user nice system idle iowait irq softirq steal (guest time is already in user).
-        return cls(sum(fields[:8]), fields[7] if len(fields) > 7 else 0)
+        return cls(sum(fields[:8]), fields[7] if len(fields) > 7 else 0, sum(fields[3:5]))
 
     def steal_share_since(self, earlier: HostTicks) -> float | None:
         """The share of the machine's CPU time the hypervisor gave to others since ``earlier``:
         on a shared VM a busy neighbour shows up here, and in every latency."""
         elapsed = self.total - earlier.total
         return (self.steal - earlier.steal) / elapsed if elapsed > 0 else None
+
+    def busy_share_since(self, earlier: HostTicks) -> float | None:
+        """The share of the machine's CPU time that ran something since ``earlier`` (neither
+        idle nor stolen): near 1, every process on the path waits for a core."""
+        elapsed = self.total - earlier.total
+        if elapsed <= 0:
+            return None
+        return (elapsed - (self.idle - earlier.idle) - (self.steal - earlier.steal)) / elapsed
 
 
 def wait_idle(root: int, busy_share: float = 0.05, timeout_s: float = 30.0) -> float:
@@ -259,15 +289,12 @@ def wait_idle(root: int, busy_share: float = 0.05, timeout_s: float = 30.0) -> f
 def process_tree(root: int) -> list[int]:
     """``root`` and all its descendants (uvicorn's supervisor and its workers)."""
     children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+    for pid, line in _stat_lines():
         try:
-            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as stat:
-                ppid = parent_of(stat.read())
-        except (OSError, IndexError, ValueError):
+            ppid = parent_of(line)
+        except (IndexError, ValueError):
             continue
-        children.setdefault(ppid, []).append(int(entry))
+        children.setdefault(ppid, []).append(pid)
     tree, frontier = [root], [root]
     while frontier:
         frontier = [child for pid in frontier for child in children.get(pid, [])]

@@ -370,6 +370,9 @@ def _steps_table(search: Json) -> list[str]:
             dig(s, "gateway.achieved_rps"),
             dig(s, "gateway.errors"),
             s.get("gateway_cpu_us_per_request"),
+            s.get("redis_cpu_us_per_request"),
+            s.get("postgres_cpu_us_per_request"),
+            s.get("machine_busy_pct"),
             s.get("host_steal_pct"),
             s.get("why"),
         ]
@@ -384,6 +387,9 @@ def _steps_table(search: Json) -> list[str]:
         "achieved req/s",
         "errors",
         "gateway CPU us/req",
+        "Redis CPU us/req",
+        "Postgres CPU us/req",
+        "machine busy %",
         "host steal %",
         "verdict",
     ]

@@ -18,7 +18,7 @@ from bench.client import Target
 from bench.interrupt import StopSwitch
 from bench.openloop import Pool
 from bench.plan import Plan
-from bench.procs import Processes, cpu_seconds, http_get, process_tree, wait_idle
+from bench.procs import Processes, cpu_seconds, http_get, pids_named, process_tree, wait_idle
 from bench.workload import Bodies
 
 Json = dict[str, Any]
@@ -74,6 +74,20 @@ class Run:
         count: int = orjson.loads(body)["requests"]
         return count
 
+    def services_cpu(self) -> dict[str, float]:
+        """CPU seconds used so far by the Redis and Postgres servers on this machine (every
+        ``redis-server`` and ``postgres`` process), for the ones the gateway uses: they share
+        its cores. Empty in the embedded mode."""
+        found: dict[str, float] = {}
+        for name, used, command in (
+            ("redis", self.backends.redis_url, "redis-server"),
+            ("postgres", self.backends.database_url, "postgres"),
+        ):
+            pids = pids_named({command}) if used else []
+            if pids:
+                found[name] = cpu_seconds(pids)
+        return found
+
     def gateway_cpu(self) -> float:
         """CPU seconds the running gateway's processes have used so far."""
         assert self.gateway is not None
@@ -127,6 +141,7 @@ async def throughput(run: Run) -> Json:
             log=log,
             settle=run.settle,
             gateway_cpu=run.gateway_cpu,
+            services_cpu=run.services_cpu,
         )
     finally:
         await direct.aclose()
@@ -241,6 +256,7 @@ async def workers(run: Run, one_worker_best: float | None) -> Json:
                 log=log,
                 settle=run.settle,
                 gateway_cpu=run.gateway_cpu,
+                services_cpu=run.services_cpu,
             )
         finally:
             await direct.aclose()

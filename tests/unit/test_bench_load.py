@@ -20,7 +20,7 @@ from bench.load import (
 )
 from bench.openloop import StepResult
 from bench.plan import SECTIONS, Plan
-from bench.procs import HostTicks, cpu_seconds, parent_of, process_tree, rss_mb
+from bench.procs import HostTicks, cpu_seconds, parent_of, pids_named, process_tree, rss_mb
 from bench.stats import summarize
 
 
@@ -196,6 +196,31 @@ def test_a_steps_cost_is_the_gateways_cpu_per_answer_and_the_hosts_steal() -> No
     assert cost["gateway_cpu_us_per_request"] == pytest.approx(500.0)  # 0.5 s over 1000 answers
     assert 0.0 <= cost["host_steal_pct"] <= 100.0  # whatever was stolen meanwhile
     assert "gateway_cpu_us_per_request" not in step_cost(step(1000, 2.0), 0.0, None, host)
+
+
+def test_a_steps_cost_includes_the_local_services_cpu_and_how_busy_the_machine_was() -> None:
+    host = HostTicks.now()
+    # 400 ticks: 100 idle, 20 stolen, so 280 ran something.
+    later = HostTicks(host.total + 400, host.steal + 20, host.idle + 100)
+    assert later.busy_share_since(host) == pytest.approx(0.7)
+    assert host.busy_share_since(host) is None
+    before = {"redis": 1.0, "postgres": 2.0}
+    after = {"redis": 1.1, "postgres": 2.05, "other": 9.0}  # "other" was not read before
+    earlier = HostTicks(host.total - 100, host.steal, host.idle)  # 100 ticks before now
+    cost = step_cost(step(1000, 2.0), 0.0, None, earlier, before, lambda: after)
+    assert cost["redis_cpu_us_per_request"] == pytest.approx(100.0)  # 0.1 s over 1000 answers
+    assert cost["postgres_cpu_us_per_request"] == pytest.approx(50.0)
+    assert "other_cpu_us_per_request" not in cost
+    assert 0.0 <= cost["machine_busy_pct"] <= 100.0
+    assert "redis_cpu_us_per_request" not in step_cost(step(1000, 2.0), 0.0, None, host)
+
+
+def test_pids_named_finds_processes_by_their_command_name() -> None:
+    with open(f"/proc/{os.getpid()}/stat", encoding="ascii", errors="replace") as stat:
+        line = stat.read()
+    own = line[line.find("(") + 1 : line.rfind(")")]
+    assert os.getpid() in pids_named({own})
+    assert pids_named({"no-such-command-here"}) == []
 
 
 def test_cpu_seconds_of_this_process_grow_with_work() -> None:
