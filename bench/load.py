@@ -97,10 +97,14 @@ def step_cost(
     host: HostTicks,
     services_before: Mapping[str, float] | None = None,
     services_cpu: ServicesCpu | None = None,
+    waited_before: float = math.nan,
+    gateway_waited: Callable[[], float] | None = None,
 ) -> Json:
     """The gateway's CPU per answered request over a step, the host's steal and how busy the
     machine was meanwhile, and the CPU per answered request of each local service (Redis,
-    Postgres) that ``services_cpu`` reads: on a small machine they share the gateway's cores."""
+    Postgres) that ``services_cpu`` reads: on a small machine they share the gateway's cores.
+    ``gateway_waited`` (seconds the gateway has been runnable but waiting for a core so far)
+    adds that wait per answered request: requests queue behind it."""
     now = HostTicks.now()
     steal, busy = now.steal_share_since(host), now.busy_share_since(host)
     cost: Json = {
@@ -109,6 +113,9 @@ def step_cost(
     }
     if gateway_cpu is not None and step.ok:
         cost["gateway_cpu_us_per_request"] = round((gateway_cpu() - cpu_before) / step.ok * 1e6, 1)
+    if gateway_waited is not None and step.ok and not math.isnan(waited_before):
+        waited = (gateway_waited() - waited_before) / step.ok * 1e6
+        cost["gateway_waited_us_per_request"] = round(waited, 1)
     if services_cpu is not None and services_before is not None and step.ok:
         for name, used in services_cpu().items():
             if name in services_before:
@@ -123,6 +130,8 @@ def _cost_text(cost: Json) -> str:
     for name in ("redis", "postgres"):
         used = cost.get(f"{name}_cpu_us_per_request")
         text += f" ({name} {used:.0f})" if used is not None else ""
+    waited = cost.get("gateway_waited_us_per_request")
+    text += f"  waited {waited:.0f} us/req" if waited is not None else ""
     busy = cost.get("machine_busy_pct")
     text += f"  busy {busy:.0f}%" if busy is not None else ""
     return text + (f"  steal {steal:.0f}%" if steal is not None else "")
@@ -226,6 +235,7 @@ async def find_max_rate(
     settle: Callable[[], Awaitable[object]] | None = None,
     gateway_cpu: Callable[[], float] | None = None,
     services_cpu: ServicesCpu | None = None,
+    gateway_waited: Callable[[], float] | None = None,
 ) -> Json:
     """2./7. The highest offered rate the gateway holds with added p99 <= ``max_added_p99_ms``.
 
@@ -234,7 +244,7 @@ async def find_max_rate(
     ``gateway_cpu`` (CPU seconds the gateway's processes have used so far) puts the gateway's
     CPU per request in each step, with the host's steal: figures a noisy neighbour moves far
     less than it moves a p99. ``services_cpu`` adds Redis's and Postgres's CPU per request and
-    how busy the machine was.
+    how busy the machine was; ``gateway_waited``, how long the gateway waited for a core.
     """
     steps: list[Json] = []
     passed: list[float] = []
@@ -255,9 +265,12 @@ async def find_max_rate(
         await warmed(pool, rate)
         host = HostTicks.now()
         cpu = gateway_cpu() if gateway_cpu is not None else math.nan
+        waited = gateway_waited() if gateway_waited is not None else math.nan
         services = services_cpu() if services_cpu is not None else None
         step = await run_step(pool, make_body, rate, step_s)
-        return step, step_cost(step, cpu, gateway_cpu, host, services, services_cpu)
+        return step, step_cost(
+            step, cpu, gateway_cpu, host, services, services_cpu, waited, gateway_waited
+        )
 
     async def attempt(rate: float) -> bool:
         nonlocal reason

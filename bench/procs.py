@@ -216,6 +216,24 @@ def cpu_seconds(pids: Sequence[int]) -> float:
     return total / ticks
 
 
+def run_queue_seconds(pids: Sequence[int]) -> float:
+    """Time ``pids``' threads have spent runnable but waiting for a core so far (the second
+    field of ``/proc/PID/task/TID/schedstat``, in nanoseconds); 0 where the kernel keeps none."""
+    total = 0
+    for pid in pids:
+        try:
+            threads = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in threads:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/schedstat", encoding="ascii") as stat:
+                    total += int(stat.read().split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    return total / 1e9
+
+
 def _stat_lines() -> Iterator[tuple[int, str]]:
     """(pid, ``/proc/PID/stat`` line) of every running process (skipping any that exit)."""
     for entry in os.listdir("/proc"):

@@ -18,7 +18,15 @@ from bench.client import Target
 from bench.interrupt import StopSwitch
 from bench.openloop import Pool
 from bench.plan import Plan
-from bench.procs import Processes, cpu_seconds, http_get, pids_named, process_tree, wait_idle
+from bench.procs import (
+    Processes,
+    cpu_seconds,
+    http_get,
+    pids_named,
+    process_tree,
+    run_queue_seconds,
+    wait_idle,
+)
 from bench.workload import Bodies
 
 Json = dict[str, Any]
@@ -93,6 +101,11 @@ class Run:
         assert self.gateway is not None
         return cpu_seconds(process_tree(self.gateway.started.pid))
 
+    def gateway_waited(self) -> float:
+        """Seconds the running gateway's threads have been runnable but waiting for a core."""
+        assert self.gateway is not None
+        return run_queue_seconds(process_tree(self.gateway.started.pid))
+
     async def settle(self) -> None:
         """Wait until the gateway is idle: what a previous step queued must not leak into the
         next measurement."""
@@ -142,6 +155,7 @@ async def throughput(run: Run) -> Json:
             settle=run.settle,
             gateway_cpu=run.gateway_cpu,
             services_cpu=run.services_cpu,
+            gateway_waited=run.gateway_waited,
         )
     finally:
         await direct.aclose()
@@ -257,6 +271,7 @@ async def workers(run: Run, one_worker_best: float | None) -> Json:
                 settle=run.settle,
                 gateway_cpu=run.gateway_cpu,
                 services_cpu=run.services_cpu,
+                gateway_waited=run.gateway_waited,
             )
         finally:
             await direct.aclose()

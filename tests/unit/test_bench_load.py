@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -20,7 +23,15 @@ from bench.load import (
 )
 from bench.openloop import StepResult
 from bench.plan import SECTIONS, Plan
-from bench.procs import HostTicks, cpu_seconds, parent_of, pids_named, process_tree, rss_mb
+from bench.procs import (
+    HostTicks,
+    cpu_seconds,
+    parent_of,
+    pids_named,
+    process_tree,
+    rss_mb,
+    run_queue_seconds,
+)
 from bench.stats import summarize
 
 
@@ -213,6 +224,33 @@ def test_a_steps_cost_includes_the_local_services_cpu_and_how_busy_the_machine_w
     assert "other_cpu_us_per_request" not in cost
     assert 0.0 <= cost["machine_busy_pct"] <= 100.0
     assert "redis_cpu_us_per_request" not in step_cost(step(1000, 2.0), 0.0, None, host)
+
+
+def test_a_steps_cost_includes_how_long_the_gateway_waited_for_a_core() -> None:
+    host = HostTicks.now()
+    waited = iter([0.35])  # seconds after the step; 0.3 before it
+    cost = step_cost(step(1000, 2.0), 0.0, None, host, None, None, 0.3, lambda: next(waited))
+    assert cost["gateway_waited_us_per_request"] == pytest.approx(50.0)  # 0.05 s over 1000
+    assert "gateway_waited_us_per_request" not in step_cost(step(1000, 2.0), 0.0, None, host)
+
+
+def test_run_queue_seconds_of_processes_that_outnumber_the_cores() -> None:
+    # One more spinning process than there are cores: together they must wait for a core.
+    spin = "import time\nend = time.monotonic() + 3\nwhile time.monotonic() < end: pass"
+    spinners = [
+        subprocess.Popen([sys.executable, "-c", spin]) for _ in range((os.cpu_count() or 1) + 1)
+    ]
+    try:
+        pids = [p.pid for p in spinners]
+        deadline = time.monotonic() + 2.5
+        while run_queue_seconds(pids) < 0.01 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert run_queue_seconds(pids) >= 0.01
+    finally:
+        for p in spinners:
+            p.kill()
+            p.wait()
+    assert run_queue_seconds(pids) == 0.0  # gone: nothing to read
 
 
 def test_pids_named_finds_processes_by_their_command_name() -> None:
