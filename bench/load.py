@@ -114,7 +114,8 @@ def step_cost(
     if gateway_cpu is not None and step.ok:
         cost["gateway_cpu_us_per_request"] = round((gateway_cpu() - cpu_before) / step.ok * 1e6, 1)
     if gateway_waited is not None and step.ok and not math.isnan(waited_before):
-        waited = (gateway_waited() - waited_before) / step.ok * 1e6
+        # Never below 0: a thread that exited during the step took its waits with it.
+        waited = max(0.0, gateway_waited() - waited_before) / step.ok * 1e6
         cost["gateway_waited_us_per_request"] = round(waited, 1)
     if services_cpu is not None and services_before is not None and step.ok:
         for name, used in services_cpu().items():

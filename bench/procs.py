@@ -218,7 +218,8 @@ def cpu_seconds(pids: Sequence[int]) -> float:
 
 def run_queue_seconds(pids: Sequence[int]) -> float:
     """Time ``pids``' threads have spent runnable but waiting for a core so far (the second
-    field of ``/proc/PID/task/TID/schedstat``, in nanoseconds); 0 where the kernel keeps none."""
+    field of ``/proc/PID/task/TID/schedstat``, in nanoseconds); 0 where the kernel keeps none.
+    Live threads only: a thread that exits takes its share with it."""
     total = 0
     for pid in pids:
         try:
