@@ -62,6 +62,10 @@ class Settings(BaseSettings):
     # project's 2-core machine shared with Redis and the upstream, latency) when requests are
     # sparse: off (0) unless set.
     busy_poll_us: int = Field(default=0, ge=0, le=100_000)
+    # Every this many seconds the C heap's free pages go back to the system, so that a burst of
+    # big prompts or an overload does not leave the process at its high-water mark, and the
+    # tokenizers' tables load outside the heap (gateway/heap_trim.py). 0 turns both off.
+    heap_trim_s: float = Field(default=10.0, ge=0)
 
     def resolved_database_url(self) -> str:
         """The database URL, defaulting to a SQLite file under ``data_dir``."""

@@ -28,6 +28,7 @@ from typing import Any, ParamSpec
 
 import tiktoken
 
+from gateway.heap_trim import release_free_memory
 from gateway.packages import package_dir
 
 # OpenAI cookbook, "How to count tokens with tiktoken": every message is framed as
@@ -87,7 +88,10 @@ def get_encoding(name: str) -> tiktoken.Encoding:
     _use_bundled_tiktoken_files()
     encoding = tiktoken.get_encoding(name)
     _drop_python_ranks(encoding)
-    _return_freed_memory()
+    # Loading an encoding goes through ~30 MB of short-lived Python objects, whose pages glibc
+    # would otherwise keep: a server never needs that much scratch space again (~4 MB back
+    # after o200k_base).
+    release_free_memory()
     return encoding
 
 
@@ -100,19 +104,6 @@ def _drop_python_ranks(encoding: tiktoken.Encoding) -> None:
     ranks = getattr(encoding, "_mergeable_ranks", None)
     if isinstance(ranks, dict) and tiktoken.registry.ENCODINGS.get(encoding.name) is encoding:
         ranks.clear()
-
-
-def _return_freed_memory() -> None:
-    # Loading an encoding goes through ~30 MB of short-lived Python objects. glibc keeps the pages
-    # they leave free inside its heap, and a server never needs that much scratch space again:
-    # malloc_trim gives them back (~4 MB after o200k_base). Other C libraries have no such call.
-    import ctypes  # here: a server loads one or two encodings in its life, and needs no ctypes
-
-    try:
-        trim = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
-        return
-    trim(0)
 
 
 def encoding_for(model: str) -> tiktoken.Encoding:
