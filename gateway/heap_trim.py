@@ -37,6 +37,8 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 
+from gateway.tasks import cancel_and_wait
+
 __all__ = [
     "LOADING_MAPS_FROM",
     "SERVING_MAPS_FROM",
@@ -99,10 +101,7 @@ class HeapTrimmer:
 
     async def aclose(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
 
     async def _run(self) -> None:
         while True:

@@ -28,6 +28,7 @@ from redis.exceptions import RedisError
 
 from gateway.routing.goodput import ROUTE_SIZE
 from gateway.routing.stats import REPLICA_SIZE, SIZE, RoutingStats
+from gateway.tasks import cancel_and_wait
 
 log = logging.getLogger("tollgate.routing")
 
@@ -241,10 +242,7 @@ class StatsSync:
     async def aclose(self) -> None:
         """Stop syncing and withdraw this gateway's snapshot (best effort)."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
         if self.redis is not None and self.last_sync is not None:
             with contextlib.suppress(RedisError, OSError, TimeoutError):
                 async with asyncio.timeout(1.0):
