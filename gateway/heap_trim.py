@@ -56,14 +56,23 @@ _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 
 
-def release_free_memory() -> bool:
-    """Give the C heap's free pages back to the system (glibc); False where there is no
-    ``malloc_trim`` (musl, macOS), which leaves it to the allocator."""
-    import ctypes  # here: only a serving process trims, and the CLI's commands need no ctypes
+def _libc(name: str) -> Callable[..., int] | None:
+    """The C library's function ``name``, or None where it has none (glibc's extensions are
+    missing on musl and macOS)."""
+    import ctypes  # here: only a serving process needs it, and the CLI's commands do not
 
     try:
-        trim = ctypes.CDLL(None).malloc_trim
+        function: Callable[..., int] = getattr(ctypes.CDLL(None), name)
     except (OSError, AttributeError):
+        return None
+    return function
+
+
+def release_free_memory() -> bool:
+    """Give the C heap's free pages back to the system (glibc); False where there is no
+    ``malloc_trim``, which leaves it to the allocator."""
+    trim = _libc("malloc_trim")
+    if trim is None:
         return False
     trim(0)
     return True
@@ -73,11 +82,8 @@ def map_blocks_from(size: int) -> bool:
     """From now on glibc maps every block of ``size`` bytes or more on its own, and gives the
     top of its heap back once ``2 * size`` is free there (the ratio its own adjustment keeps);
     False where there is no ``mallopt`` or it refused."""
-    import ctypes
-
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
+    mallopt = _libc("mallopt")
+    if mallopt is None:
         return False
     return bool(mallopt(_M_MMAP_THRESHOLD, size)) and bool(mallopt(_M_TRIM_THRESHOLD, 2 * size))
 
