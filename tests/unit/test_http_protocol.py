@@ -15,7 +15,9 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 import uvloop
+from starlette.types import Receive, Scope, Send
 
+from gateway.api.context import RequestContext
 from gateway.cli.http_protocol import CoalescingTransport
 from tests.support.uvicorn_server import uvicorn_server
 
@@ -28,7 +30,7 @@ async def wrapped_pair() -> AsyncIterator[tuple[CoalescingTransport, socket.sock
     loop = asyncio.get_running_loop()
     transport, _ = await loop.connect_accepted_socket(asyncio.Protocol, ours)
     try:
-        yield CoalescingTransport(transport, loop), peer  # type: ignore[arg-type]
+        yield CoalescingTransport(transport, loop), peer
     finally:
         transport.abort()
         peer.close()
@@ -239,3 +241,35 @@ def test_a_request_hears_of_its_clients_departure_through_the_extension() -> Non
             assert not heard["/stopped"].is_set()
 
     uvloop.run(main())
+
+
+def test_a_requests_clock_starts_at_its_first_byte_not_when_the_app_is_reached() -> None:
+    # The head arrives in two pieces 0.2 s apart: the app is reached after the second, but
+    # the request's timings (the access log's, the ledger's) start at the first.
+    waited: list[float] = []
+
+    async def inner(scope: Scope, receive: Receive, send: Send) -> None:
+        waited.append(time.perf_counter() - scope["state"]["record"].started)
+        await receive()
+        headers = [(b"content-length", b"2")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def main() -> None:
+        async with running_server(RequestContext(inner)) as port:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"POST /slow HTTP/1.1\r\nhost: x\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.2)
+            writer.write(b"content-length: 0\r\n\r\n")
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200")
+            # Sent whole, the next request on the connection is timed from its own first byte.
+            writer.write(b"POST /quick HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n")
+            await reader.readuntil(b"ok")
+            await reader.readuntil(b"ok")
+            writer.close()
+
+    uvloop.run(main())
+    assert waited[0] >= 0.15
+    assert waited[1] < 0.1
