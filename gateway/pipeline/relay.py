@@ -1,14 +1,16 @@
 """Relaying an upstream SSE stream: event by event, never buffered, accounted for at its end.
 
-Before the final ``[DONE]`` reaches the client the request is settled: the budget is charged
-what was generated, the answer is cached (when it completed normally) and the ledger row is
-written. A stream the upstream cuts off ends with an error event; a client that leaves is
-charged for what was generated, not for ``max_tokens``.
+Before the final ``[DONE]`` reaches the client the request is accounted for: what was generated
+is known and the ledger row is written. The budget's settle and the answer's cache entry (when it
+completed normally) follow in a task of their own, once the answer has left. A stream the upstream
+cuts off ends with an error event; a client that leaves is charged for what was generated, not for
+``max_tokens``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -17,7 +19,8 @@ from typing import Any
 import orjson
 
 from gateway.budget import Charge
-from gateway.cache import CachePlan, PromptCache
+from gateway.cache import CachePlan, PendingWrite, PromptCache
+from gateway.cache.assemble import StreamAssembler
 from gateway.errors import UpstreamError, UpstreamProtocolError
 from gateway.metrics import Metrics
 from gateway.pipeline.accounting import Hold
@@ -86,6 +89,7 @@ class StreamRelay:
         # Set when the upstream shows it will not report usage: then the text is counted.
         self._texts: list[str] | None = None
         self._owed: list[bytes] = []  # events sent whose bookkeeping is still to do
+        self._kept = False  # the settle's task makes the cache entry and ends the flight
         self._catching_up = False  # a call of _catch_up is queued
 
     def __aiter__(self) -> AsyncIterator[bytes]:
@@ -106,14 +110,27 @@ class StreamRelay:
                     if b'"usage"' not in event:
                         self._texts = []
                 if is_done(event):
-                    if self._owed:
-                        # The events before it leave first (their write is queued): one turn
-                        # of the loop, instead of holding them back for the accounting below.
-                        await asyncio.sleep(0)
-                        self._catch_up()
-                    self._track(event)
+                    # The events sent with it whose bookkeeping is still to do, taken from the
+                    # queue: the catch-up queued behind their write then finds nothing to do.
+                    tail, self._owed = self._owed, []
+                    if tail:
+                        try:
+                            # They leave first (their write is queued): one turn of the loop,
+                            # instead of holding them back for the accounting below.
+                            await asyncio.sleep(0)
+                        except BaseException:
+                            self._owed[:0] = tail  # the client left: paid for on the way out
+                            raise
                     finished = True
-                    self._complete()
+                    if self._usage is None:
+                        # What was generated is counted from what was sent.
+                        for sent in tail:
+                            self._track(sent)
+                        tail = []
+                    tail.append(event)
+                    # The rest of their bookkeeping (the cache's assembly of the answer) waits
+                    # until the answer has left, in the settle's task.
+                    self._complete(tail)
                     self._attempt.succeeded(record.completion_tokens)
                     # Accounted for before the client sees the end of its answer.
                     self._finish(record)
@@ -159,7 +176,7 @@ class StreamRelay:
             raise
         finally:
             await self._stream.aclose()
-            if self._cache_plan is not None:
+            if self._cache_plan is not None and not self._kept:
                 self._cache.abandon(self._cache_plan)
             if record.total_ms is None:
                 record.total_ms = (time.perf_counter() - record.started) * 1000
@@ -227,25 +244,38 @@ class StreamRelay:
         record.cost_usd = charge.usd
         return charge
 
-    def _complete(self) -> None:
+    def _complete(self, tail: list[bytes]) -> None:
+        """Account for a stream that ended normally; ``tail``: its last events, [DONE]
+        included, whose bookkeeping is still to do."""
         actual = self._actual()
-        pending = None
+        keep = None
         if self._cache_plan is not None and self._assembler is not None:
-            entry = PromptCache.entry_from_stream(
-                self._cache_plan,
-                self._assembler,
-                deployment=self._record.deployment or "",
-                cost_usd=self._record.cost_usd,
-                usage=(
-                    self._record.prompt_tokens,
-                    self._record.completion_tokens,
-                    self._record.cached_tokens,
-                ),
-            )
-            pending = self._cache.finish(self._cache_plan, entry)
+            keep = functools.partial(self._keep, self._cache_plan, self._assembler, tail)
+            self._kept = True  # the flight is the settle task's to end now
         # Off the stream's critical path, like the JSON path (the hold is never too small).
-        self._background.spawn(settle_and_write(self._hold, self._cache, actual, pending))
+        self._background.spawn(settle_and_write(self._hold, self._cache, actual, None, keep=keep))
         self._record.total_ms = (time.perf_counter() - self._record.started) * 1000
+
+    def _keep(
+        self, plan: CachePlan, assembler: StreamAssembler, tail: list[bytes]
+    ) -> PendingWrite | None:
+        """The answer's cache entry, made once the answer has left (in the settle's task) and
+        handed to the cache, which ends the flight of identical requests waiting on it."""
+        record = self._record
+        try:
+            for event in tail:
+                assembler.feed(event)
+            entry = PromptCache.entry_from_stream(
+                plan,
+                assembler,
+                deployment=record.deployment or "",
+                cost_usd=record.cost_usd,
+                usage=(record.prompt_tokens, record.completion_tokens, record.cached_tokens),
+            )
+        except BaseException:
+            self._cache.abandon(plan)  # the requests waiting on this one go ahead alone
+            raise
+        return self._cache.finish(plan, entry)
 
     def _charge_generated(self) -> Coroutine[Any, Any, object]:
         """A stream that ended badly pays for what it generated; nothing generated, nothing.

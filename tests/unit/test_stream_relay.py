@@ -4,13 +4,14 @@ an event whose bookkeeping the client's departure cut short."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import cast
 
 from gateway.budget import build_plan
 from gateway.budget.memory_limiter import MemoryLimiter
-from gateway.cache import PromptCache
+from gateway.cache import CachePlan, PromptCache
 from gateway.cache.store import MemoryCacheStore
 from gateway.metrics import Metrics
 from gateway.pipeline.accounting import Hold
@@ -24,6 +25,7 @@ from gateway.record import RequestRecord
 from gateway.routing import Breakers, RoutingStats
 from gateway.routing.plan import RoutePlan
 from gateway.tokens import TokenCounter
+from tests.support.cache_upstream import document
 
 MODEL = "gpt-4o"
 # An upstream that reports no usage: what was generated is counted from the text relayed.
@@ -53,7 +55,10 @@ class Upstream:
 
 
 def _relay(
-    background: Background, events: list[bytes] = EVENTS
+    background: Background,
+    events: list[bytes] = EVENTS,
+    cache: PromptCache | None = None,
+    cache_plan: CachePlan | None = None,
 ) -> tuple[StreamRelay, RequestRecord]:
     record = RequestRecord("req_relay", time.perf_counter(), route="chat", stream=True)
     plan = RoutePlan(
@@ -73,8 +78,8 @@ def _relay(
         price=Price.per_mtok(1.0, 2.0, "explicit"),
         model=MODEL,
         client_wants_usage=False,
-        cache=PromptCache(MemoryCacheStore(), "test:"),
-        cache_plan=None,
+        cache=cache or PromptCache(MemoryCacheStore(), "test:"),
+        cache_plan=cache_plan,
         prompt=PromptCount(10, True, lambda: 10),
         tokens=TokenCounter(),
         finish=lambda record: None,
@@ -85,6 +90,12 @@ def _relay(
         timeout_s=60.0,
     )
     return relay, record
+
+
+# The end of an answer from an upstream that reports usage (the gateway asks every upstream to).
+STOP = b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n'
+USAGE = b'data: {"choices":[],"usage":{"prompt_tokens":10,"completion_tokens":3}}\n\n'
+DONE = b"data: [DONE]\n\n"
 
 
 def _tokens(*texts: str) -> int:
@@ -151,5 +162,63 @@ def test_events_that_arrived_with_the_end_leave_before_the_accounting() -> None:
         assert record.total_ms is not None  # accounted for before [DONE] was handed on
         assert record.completion_tokens == _tokens("Hello", " there,", " friend")
         await background.drain()
+
+    asyncio.run(main())
+
+
+def test_the_answers_cache_entry_is_made_once_done_has_left() -> None:
+    """Everything [DONE] must wait for is done before it (what was generated, the ledger row);
+    the answer's cache entry is made in the settle's task, once the answer has left. Until
+    then identical requests wait on its flight, and then they get it."""
+
+    async def main() -> None:
+        background = Background()
+        cache = PromptCache(MemoryCacheStore(), "test:")
+        message = {"role": "user", "content": "hi"}
+        body = {"model": "chat", "messages": [message], "temperature": 0}  # a cacheable one
+        plan = cache.plan(document(), "chat", "chat/completions", body, {}, "t")
+        assert plan is not None
+        assert await cache.lookup(plan) is None  # a miss: this request leads the flight
+        relay, record = _relay(background, [*EVENTS, STOP, USAGE, DONE], cache, plan)
+        events = cast(AsyncGenerator[bytes, None], relay.__aiter__())
+        sent = [await events.__anext__() for _ in range(len(EVENTS) + 2)]
+        assert sent == [*EVENTS, STOP, DONE]  # the usage chunk is not the client's: not asked
+        # [DONE] is handed on: the request is accounted for, the entry not made yet.
+        assert record.total_ms is not None and record.completion_tokens == 3
+        assert len(cache.flight) == 1
+        await background.drain()
+        assert len(cache.flight) == 0
+        again = cache.plan(document(), "chat", "chat/completions", body, {}, "t")
+        assert again is not None
+        hit = await cache.lookup(again)
+        assert hit is not None and hit.completion_tokens == 3
+        assert b"Hello there, friend" in cache.replay_json(hit)
+        await events.aclose()
+
+    asyncio.run(main())
+
+
+def test_a_client_that_leaves_as_the_stream_ends_pays_for_what_came_with_the_end() -> None:
+    """The last events and [DONE] come in one read; the client leaves during the turn of the
+    loop that writes those events, before [DONE] is accounted for: they are still paid for."""
+
+    async def main() -> None:
+        background = Background()
+        relay, record = _relay(background, [*EVENTS, DONE])
+        events = cast(AsyncGenerator[bytes, None], relay.__aiter__())
+
+        async def server() -> list[bytes]:
+            # Sends each event as it comes: all four in one turn of the loop.
+            return [await events.__anext__() for _ in range(len(EVENTS) + 1)]
+
+        ending = asyncio.ensure_future(server())
+        await asyncio.sleep(0)  # the relay is now in the turn of the loop that writes them
+        assert not ending.done()
+        ending.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await ending
+        await background.drain()
+        assert record.status == "client_disconnect"
+        assert record.completion_tokens == _tokens("Hello", " there,", " friend")
 
     asyncio.run(main())
