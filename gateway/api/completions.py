@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, TypeVar
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway import validate
+from gateway.api.context import RESPOND_EXTENSION, AccountedResponse, header_lines
 from gateway.api.deps import api_key
 from gateway.api.failures import note_error
 from gateway.errors import ClientGone, GatewayError, InvalidRequest, PayloadTooLarge
@@ -45,7 +46,8 @@ _SSE_HEADERS = [
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),
 ]
-_JSON = b"application/json"
+_SSE_LINES = "".join(f"{name.decode()}: {value.decode()}\r\n" for name, value in _SSE_HEADERS)
+_JSON = "application/json"
 
 
 class CompletionEndpoints:
@@ -88,17 +90,18 @@ class CompletionEndpoints:
                 result = await unless_client_leaves(receive, handling, _watch(scope))
                 if result is None:
                     record.status, record.error_type = "client_disconnect", "client_disconnect"
-                    await _send_whole(send, 499, [], b"")
+                    await _send_whole(scope, send, 499, {}, b"")
                     return
         except GatewayError as error:
             note_error(record, error)
-            headers_out = [(b"content-type", _JSON), *_encode(error.headers)]
-            await _send_whole(send, error.status, headers_out, error.body())
+            headers_out = {"content-type": _JSON}
+            headers_out.update(error.headers)
+            await _send_whole(scope, send, error.status, headers_out, error.body())
             return
         if isinstance(result, StreamResult):
-            await _send_stream(send, receive, result, _watch(scope))
+            await _send_stream(scope, send, receive, result, _watch(scope))
         else:
-            await _send_json(send, result)
+            await _send_json(scope, send, result)
 
 
 async def _refuse_method(scope: Scope, send: Send) -> None:
@@ -108,8 +111,8 @@ async def _refuse_method(scope: Scope, send: Send) -> None:
         code="method_not_allowed",
     )
     note_error(scope["state"]["record"], error)
-    headers = [(b"content-type", _JSON), (b"allow", b"POST")]
-    await _send_whole(send, 405, headers, error.body())
+    headers = {"content-type": _JSON, "allow": "POST"}
+    await _send_whole(scope, send, 405, headers, error.body())
 
 
 async def read_body(receive: Receive, headers: Mapping[str, str], limit: int) -> bytes:
@@ -179,37 +182,41 @@ def _encode(headers: Mapping[str, str]) -> list[tuple[bytes, bytes]]:
 
 
 async def _send_whole(
-    send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes
+    scope: Scope, send: Send, status: int, headers: dict[str, str], body: bytes
 ) -> None:
-    headers.append((b"content-length", str(len(body)).encode()))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
+    """A whole response: in one call where the server offers ``tollgate.respond``."""
+    direct = _direct(scope)
+    if direct is not None and direct.whole(status, header_lines(headers), body):
+        return
+    encoded = _encode(headers)
+    encoded.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": encoded})
     await send({"type": "http.response.body", "body": body})
 
 
-async def _send_json(send: Send, result: JsonResult) -> None:
-    headers = [(b"content-type", result.content_type.encode("latin-1"))]
-    headers += _encode(result.headers)
-    await _send_whole(send, result.status, headers, result.body)
+async def _send_json(scope: Scope, send: Send, result: JsonResult) -> None:
+    headers = {"content-type": result.content_type}
+    headers.update(result.headers)
+    await _send_whole(scope, send, result.status, headers, result.body)
 
 
 async def _send_stream(
-    send: Send, receive: Receive, result: StreamResult, watch: Watch | None
+    scope: Scope, send: Send, receive: Receive, result: StreamResult, watch: Watch | None
 ) -> None:
     """Relay events as they come; a client that leaves cancels the relay (its upstream request
     is closed and what was generated is charged, by the relay's own handling)."""
     events = result.events
+    direct = _direct(scope)
 
     async def relay() -> None:
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [*_SSE_HEADERS, *_encode(result.headers)],
-            }
-        )
+        if direct is None or not direct.start(200, _SSE_LINES + header_lines(result.headers)):
+            headers = [*_SSE_HEADERS, *_encode(result.headers)]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
         async for event in events:
-            await send({"type": "http.response.body", "body": event, "more_body": True})
-        await send({"type": "http.response.body", "body": b""})
+            if direct is None or not direct.chunk(event):
+                await send({"type": "http.response.body", "body": event, "more_body": True})
+        if direct is None or not direct.end():
+            await send({"type": "http.response.body", "body": b""})
 
     try:
         await unless_client_leaves(receive, relay(), watch)
@@ -217,3 +224,9 @@ async def _send_stream(
         aclose = getattr(events, "aclose", None)
         if aclose is not None:
             await aclose()
+
+
+def _direct(scope: Scope) -> AccountedResponse | None:
+    """The server's ``tollgate.respond`` (as ``RequestContext`` passes it on), if any."""
+    found: AccountedResponse | None = scope.get("extensions", {}).get(RESPOND_EXTENSION)
+    return found

@@ -9,9 +9,10 @@ included.
 from __future__ import annotations
 
 import logging
+import re
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -28,6 +29,25 @@ _MAX_ID = 128
 # goodput) include the server's parsing of the request and the wait for its task to start, as a
 # client sees them: on a cold process those took 100-200 µs before this layer was reached.
 ARRIVED_EXTENSION = "tollgate.arrived"
+# The ASGI extension `tollgate serve`'s protocol offers (gateway.cli.http_protocol): a response
+# written directly, not through `send` (a DirectResponse: whole, start, chunk, end; heads as
+# encoded header lines, each ending in CRLF, with no content-length, transfer-encoding or
+# connection, which the server adds). A call that returns False did nothing: the response must go
+# through `send` instead. This layer replaces it, for the app inside, with an AccountedResponse.
+RESPOND_EXTENSION = "tollgate.respond"
+# What a header value may not hold (uvicorn's rule): control characters other than tab.
+_UNSAFE_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def header_lines(headers: Mapping[str, str]) -> str:
+    """A ``name: value`` line (ending in CRLF) per header, for ``tollgate.respond``. The names
+    are the caller's own (lower case, valid); the values are checked, all in one search, since a
+    line break in one would end the head early or add a header. A bad value raises ValueError."""
+    values = "".join(headers.values())
+    if _UNSAFE_VALUE.search(values) is not None:
+        raise ValueError("invalid HTTP header value")
+    lines = "\r\n".join(map(": ".join, headers.items()))  # no Python loop: C all the way
+    return lines + "\r\n" if lines else ""
 
 
 def _client_request_id(scope: Scope) -> str | None:
@@ -38,6 +58,55 @@ def _client_request_id(scope: Scope) -> str | None:
                 return text
             break
     return None
+
+
+class DirectResponse(Protocol):
+    """What ``tollgate serve``'s protocol offers under :data:`RESPOND_EXTENSION`."""
+
+    def whole(self, status: int, head: bytes, body: bytes) -> bool: ...
+    def start(self, status: int, head: bytes) -> bool: ...
+    def chunk(self, data: bytes) -> bool: ...
+    def end(self) -> bool: ...
+
+
+class AccountedResponse:
+    """:data:`RESPOND_EXTENSION` as the app inside :class:`RequestContext` sees it: heads as
+    text (:func:`header_lines`), stamped with the request id, and the request accounted for
+    before its last byte leaves, as the ``send`` path does. A False means: use ``send``."""
+
+    __slots__ = ("_direct", "_finish", "_ids", "_record", "chunk")
+
+    def __init__(
+        self,
+        direct: DirectResponse,
+        record: RequestRecord,
+        finish: Callable[[RequestRecord], None],
+        id_lines: str,
+    ) -> None:
+        self._direct = direct
+        self._record = record
+        self._finish = finish
+        self._ids = id_lines
+        self.chunk: Callable[[bytes], bool] = direct.chunk  # nothing to add per chunk
+
+    def whole(self, status: int, head: str, body: bytes) -> bool:
+        self._record.http_status = status
+        self._finished()
+        return self._direct.whole(status, (head + self._ids).encode("latin-1"), body)
+
+    def start(self, status: int, head: str) -> bool:
+        self._record.http_status = status
+        return self._direct.start(status, (head + self._ids).encode("latin-1"))
+
+    def end(self) -> bool:
+        self._finished()
+        return self._direct.end()
+
+    def _finished(self) -> None:
+        record = self._record
+        if record.total_ms is None:
+            record.total_ms = (time.perf_counter() - record.started) * 1000
+        self._finish(record)  # idempotent: the send path and the end of the request call it too
 
 
 class RequestContext:
@@ -75,6 +144,11 @@ class RequestContext:
             id_headers.append((b"x-tollgate-request-id", request_id.encode()))
 
         finish = self.finish
+        extensions: dict[str, Any] = scope.get("extensions") or {}
+        direct: DirectResponse | None = extensions.get(RESPOND_EXTENSION)
+        if direct is not None:
+            id_lines = "".join([f"{k.decode()}: {v.decode()}\r\n" for k, v in id_headers])
+            extensions[RESPOND_EXTENSION] = AccountedResponse(direct, record, finish, id_lines)
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":

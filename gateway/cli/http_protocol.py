@@ -34,6 +34,20 @@ was). Servers without it (tests' in-process ASGI client) keep the task.
 the app was reached, after uvicorn's parsing and the wait for the request's task: 35-50 µs back
 to back and 100-200 µs on a process that had been idle for 100 ms (2026-12-06, in-process
 timestamps), time that no timing of the gateway's own counted.
+
+**Responses written directly** (``tollgate.respond``, a :class:`DirectResponse`; see
+:data:`gateway.api.context.RESPOND_EXTENSION`). Through ASGI, a JSON answer is two ``send``
+messages and a stream one per event, and uvicorn's ``send`` walks a head's headers one by one (two
+regular expressions, a lower-casing and a comparison chain for each of about 15 headers): 838 of
+the 14,594 bytecode instructions a JSON request ran (``bench.opcount``, 2026-12-06), and about
+110 per event of a stream, plus the messages and header tuples the layers above built for it.
+:class:`DirectResponse` takes the header lines already encoded (the caller vouches for them:
+:func:`gateway.api.context.header_lines` checks the values) and writes a whole response, or a
+chunked stream's head, chunks and end, with the cycle's state left as ``send`` would leave it, so
+the two can be mixed. Each call declines (returns False, nothing done) where ``send``'s other
+branches matter: the response already started (or not started, for a chunk), the client not
+reading (flow control: ``send`` waits for the buffer to drain), uvicorn's own access log on, a
+HEAD request, or a status that carries no body.
 """
 
 from __future__ import annotations
@@ -43,10 +57,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import (
+    STATUS_LINE,
+    HttpToolsProtocol,
+    RequestResponseCycle,
+)
 
 from gateway.api.completions import DISCONNECT_EXTENSION
-from gateway.api.context import ARRIVED_EXTENSION
+from gateway.api.context import ARRIVED_EXTENSION, RESPOND_EXTENSION
 from gateway.busy_poll import STATE_KEY as BUSY_POLL
 from gateway.busy_poll import BusyPoll
 
@@ -147,6 +165,13 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         extensions: dict[str, Any] = {DISCONNECT_EXTENSION: self._watch, ARRIVED_EXTENSION: arrived}
         self.scope["extensions"] = extensions
 
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not None and cycle.scope is self.scope:  # not an upgrade: a cycle of its own
+            extensions: dict[str, Any] = self.scope["extensions"]
+            extensions[RESPOND_EXTENSION] = DirectResponse(cycle)
+
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
         self._lost = True
@@ -160,3 +185,99 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             return self.loop.call_soon(callback).cancel
         self._watchers.add(callback)
         return lambda: self._watchers.discard(callback)
+
+
+class DirectResponse:
+    """``tollgate.respond`` for one request's cycle (see the module docstring). Every method
+    returns True when done (or when the client is gone, where ``send`` drops the data too) and
+    False when the caller must use ``send`` instead."""
+
+    __slots__ = ("_cycle",)
+
+    def __init__(self, cycle: RequestResponseCycle) -> None:
+        self._cycle = cycle
+
+    def whole(self, status: int, head: bytes, body: bytes) -> bool:
+        """Status line, ``head``, ``content-length`` and ``body``: the whole response."""
+        cycle = self._cycle
+        if cycle.disconnected:
+            return True
+        if not _may_start(cycle, status):
+            return False
+        parts = _head(cycle, status, head)
+        parts.append(b"content-length: %d\r\n\r\n" % len(body))
+        parts.append(body)
+        cycle.transport.write(b"".join(parts))
+        _complete(cycle)
+        return True
+
+    def start(self, status: int, head: bytes) -> bool:
+        """Status line and ``head`` of a chunked response (a stream)."""
+        cycle = self._cycle
+        if cycle.disconnected:
+            return True
+        if not _may_start(cycle, status):
+            return False
+        cycle.chunked_encoding = True  # what send assumes for a head with no content-length
+        parts = _head(cycle, status, head)
+        parts.append(b"transfer-encoding: chunked\r\n\r\n")
+        cycle.transport.write(b"".join(parts))
+        return True
+
+    def chunk(self, data: bytes) -> bool:
+        """One chunk of a response begun by :meth:`start` (or by ``send`` without a length)."""
+        cycle = self._cycle
+        if cycle.disconnected:
+            return True
+        if cycle.flow.write_paused or not cycle.chunked_encoding or cycle.response_complete:
+            return False
+        if data:
+            cycle.transport.write(b"%x\r\n%b\r\n" % (len(data), data))
+        return True
+
+    def end(self) -> bool:
+        """The last chunk: the response is complete."""
+        cycle = self._cycle
+        if cycle.disconnected:
+            return True
+        if not cycle.chunked_encoding or cycle.response_complete:
+            return False
+        cycle.transport.write(b"0\r\n\r\n")
+        _complete(cycle)
+        return True
+
+
+def _may_start(cycle: RequestResponseCycle, status: int) -> bool:
+    """Whether a head may be written directly now; if so, the cycle counts it as started."""
+    if (
+        cycle.response_started
+        or cycle.flow.write_paused
+        or cycle.access_log
+        or status < 200
+        or status in (204, 304)
+        or cycle.scope["method"] == "HEAD"
+    ):
+        return False
+    cycle.response_started = True
+    cycle.waiting_for_100_continue = False
+    return True
+
+
+def _head(cycle: RequestResponseCycle, status: int, head: bytes) -> list[bytes]:
+    """The status line, the server's default headers (date), ``head``, and connection: close
+    when the connection will not be kept (the blank line is the caller's)."""
+    parts = [STATUS_LINE[status]]
+    parts += [b"%s: %s\r\n" % pair for pair in cycle.default_headers]
+    parts.append(head)
+    if not cycle.keep_alive:
+        parts.append(b"connection: close\r\n")
+    return parts
+
+
+def _complete(cycle: RequestResponseCycle) -> None:
+    """As ``send`` ends a response: wake ``receive``, close or start the next request."""
+    cycle.response_complete = True
+    cycle.message_event.set()
+    if not cycle.keep_alive:
+        cycle.transport.close()
+    cycle.on_response()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -16,9 +17,12 @@ import httpx
 import pytest
 import uvloop
 from starlette.types import Receive, Scope, Send
+from uvicorn.protocols.http.flow_control import FlowControl
+from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
-from gateway.api.context import RequestContext
-from gateway.cli.http_protocol import CoalescingTransport
+from gateway.api.context import RESPOND_EXTENSION, RequestContext, header_lines
+from gateway.cli.http_protocol import CoalescingTransport, DirectResponse
+from gateway.record import RequestRecord
 from tests.support.uvicorn_server import uvicorn_server
 
 
@@ -273,3 +277,175 @@ def test_a_requests_clock_starts_at_its_first_byte_not_when_the_app_is_reached()
     uvloop.run(main())
     assert waited[0] >= 0.15
     assert waited[1] < 0.1
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    """One response's head (up to the blank line) and its content-length body."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+    return head, await reader.readexactly(length)
+
+
+def test_a_whole_response_goes_out_in_one_call_with_the_request_id_and_keeps_the_connection() -> (
+    None
+):
+    finished: dict[str, int] = {}  # RequestContext also calls finish at the end: it is idempotent
+    results: list[bool] = []
+
+    async def inner(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        respond = scope["extensions"][RESPOND_EXTENSION]
+        body = b'{"path":"%s"}' % scope["path"].encode()
+        head = header_lines({"content-type": "application/json", "x-tollgate-route": "chat"})
+        results.append(respond.whole(201, head, body))
+
+    def finish(record: RequestRecord) -> None:
+        finished.setdefault(record.path, record.http_status)
+
+    async def main() -> None:
+        async with running_server(RequestContext(inner, finish=finish)) as port:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            for path in (b"/one", b"/two"):  # the second on the same connection
+                writer.write(b"POST %s HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n" % path)
+                head, body = await read_response(reader)
+                lines = head.split(b"\r\n")
+                assert lines[0] == b"HTTP/1.1 201 Created"
+                assert any(line.startswith(b"date: ") for line in lines)
+                assert b"content-type: application/json" in lines
+                assert b"x-tollgate-route: chat" in lines
+                assert sum(line.startswith(b"x-request-id: req_") for line in lines) == 1
+                assert b"connection: close" not in lines
+                assert body == b'{"path":"%s"}' % path
+            # A client that asked to close gets that, and the connection ends.
+            writer.write(b"POST /three HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            head, body = await read_response(reader)
+            assert b"connection: close" in head.split(b"\r\n")
+            assert body == b'{"path":"/three"}'
+            assert await reader.read() == b""
+            writer.close()
+
+    uvloop.run(main())
+    assert results == [True, True, True]
+    assert finished == {"/one": 201, "/two": 201, "/three": 201}
+
+
+def test_respond_declines_where_send_must_answer_and_send_still_works() -> None:
+    declined: dict[str, bool] = {}
+
+    async def inner(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        respond = scope["extensions"][RESPOND_EXTENSION]
+        if scope["method"] == "HEAD":  # no body may follow a HEAD's head
+            declined["head"] = not respond.whole(200, "", b"body")
+        elif scope["path"] == "/empty":  # a 204 carries no content-length
+            declined["204"] = not respond.start(204, "")
+        else:  # the response has started through send: respond may not start another
+            start = {"type": "http.response.start", "status": 200, "headers": []}
+            await send({**start, "headers": [(b"content-length", b"2")]})
+            declined["started"] = not respond.whole(200, "", b"no") and not respond.start(200, "")
+            await send({"type": "http.response.body", "body": b"ok"})
+            return
+        headers = [(b"content-length", b"0")] if scope["path"] != "/empty" else []
+        status = 204 if scope["path"] == "/empty" else 200
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def main() -> None:
+        async with running_server(RequestContext(inner)) as port:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"HEAD /h HTTP/1.1\r\nhost: x\r\n\r\n")
+            assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+            writer.write(b"POST /empty HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n")
+            assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 204")
+            writer.write(b"POST /s HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n")
+            assert (await read_response(reader))[1] == b"ok"
+            writer.close()
+
+    uvloop.run(main())
+    assert declined == {"head": True, "204": True, "started": True}
+
+
+def test_direct_writes_decline_while_the_client_is_not_reading() -> None:
+    # Flow control paused (the transport's buffer is full): send would wait for it to drain,
+    # so each call hands its part back to send, and the cycle's state stays send's to continue.
+    async def main() -> None:
+        async with wrapped_pair() as (transport, peer):
+            flow = FlowControl(transport)  # type: ignore[arg-type]
+            cycle = RequestResponseCycle(
+                scope={"method": "POST"},  # type: ignore[typeddict-item]
+                transport=transport,  # type: ignore[arg-type]
+                flow=flow,
+                logger=logging.getLogger("test"),
+                access_logger=logging.getLogger("test"),
+                access_log=False,
+                default_headers=[(b"date", b"today")],
+                message_event=asyncio.Event(),
+                expect_100_continue=False,
+                keep_alive=True,
+                on_response=lambda: None,
+            )
+            direct = DirectResponse(cycle)
+            assert direct.chunk(b"early") is False  # nothing started yet
+            flow.pause_writing()
+            assert direct.whole(200, b"", b"x") is False
+            assert direct.start(200, b"") is False
+            assert not cycle.response_started
+            flow.resume_writing()
+            assert direct.start(200, b"a: b\r\n") is True
+            flow.pause_writing()
+            assert direct.chunk(b"one") is False
+            # send waits for the client to read (here: resumed a moment later), then writes.
+            asyncio.get_running_loop().call_later(0.01, flow.resume_writing)
+            await cycle.send({"type": "http.response.body", "body": b"one", "more_body": True})
+            assert direct.chunk(b"two") is True
+            assert direct.end() is True
+            assert cycle.response_complete and cycle.message_event.is_set()
+            assert direct.end() is False and direct.chunk(b"late") is False
+            await asyncio.sleep(0)
+            assert received(peer) == (
+                b"HTTP/1.1 200 OK\r\ndate: today\r\na: b\r\ntransfer-encoding: chunked\r\n\r\n"
+                b"3\r\none\r\n3\r\ntwo\r\n0\r\n\r\n"
+            )
+
+    uvloop.run(main())
+
+
+def test_a_stream_written_directly_is_chunked_and_accounted_for_at_its_end() -> None:
+    finished_at: list[int] = []  # how many chunks were written when the request was accounted
+    written: list[int] = []
+
+    async def inner(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        respond = scope["extensions"][RESPOND_EXTENSION]
+        assert respond.start(200, header_lines({"content-type": "text/event-stream"}))
+        for n in range(3):
+            assert respond.chunk(b"data: %d\n\n" % n)
+            written.append(n)
+            await asyncio.sleep(0.01)
+        assert respond.end()
+
+    def finish(record: RequestRecord) -> None:
+        if not finished_at:
+            finished_at.append(len(written))
+
+    async def main() -> None:
+        async with (
+            running_server(RequestContext(inner, finish=finish)) as port,
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client,
+        ):
+            for _ in range(2):  # the connection is kept for the next request
+                async with client.stream("POST", "/sse", content=b"{}") as stream:
+                    assert stream.headers["transfer-encoding"] == "chunked"
+                    assert stream.headers["x-request-id"].startswith("req_")
+                    text = b"".join([chunk async for chunk in stream.aiter_raw()])
+                assert text == b"data: 0\n\ndata: 1\n\ndata: 2\n\n"
+
+    uvloop.run(main())
+    assert finished_at == [3]
+
+
+def test_header_lines_refuse_a_value_that_would_break_the_head() -> None:
+    assert header_lines({"a": "1", "b": "two\tthree"}) == "a: 1\r\nb: two\tthree\r\n"
+    for bad in ("x\r\nset-cookie: y", "x\ny", "x\x00"):
+        with pytest.raises(ValueError, match="invalid HTTP header value"):
+            header_lines({"a": "1", "b": bad})
