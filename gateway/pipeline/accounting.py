@@ -11,14 +11,27 @@ import contextlib
 from collections.abc import Coroutine
 from typing import Any
 
-from gateway.budget import BudgetPlan, BudgetUnavailable, Charge, Fill, Limiter, Probe, Probed
+from gateway.budget import (
+    Admission,
+    BudgetPlan,
+    BudgetUnavailable,
+    Charge,
+    Fill,
+    Limiter,
+    Probe,
+    Probed,
+)
 from gateway.record import RequestRecord
 
 
 class Hold:
-    """The budget side of one request."""
+    """The budget side of one request.
 
-    __slots__ = ("_limiter", "_plan", "_record", "held", "unenforced")
+    The rate-limit headers of its admission are read with :meth:`limit_headers` when the answer
+    is about to go out, not as the admission comes back: formatting them (a few hundred bytecode
+    instructions) would otherwise sit between Redis's reply and the upstream call."""
+
+    __slots__ = ("_admission", "_limiter", "_plan", "_record", "held", "unenforced")
 
     def __init__(self, limiter: Limiter, plan: BudgetPlan, record: RequestRecord) -> None:
         self._limiter = limiter
@@ -26,9 +39,14 @@ class Hold:
         self._record = record
         self.held: Charge | None = None  # what is reserved right now
         self.unenforced = False  # serving without a hold (fail_open while the store is away)
+        self._admission: Admission | None = None  # the last one admitted, for its headers
 
-    async def reserve(self, estimate: Charge, timeout_s: float) -> dict[str, str]:
-        """Hold ``estimate``; the rate-limit headers to send. Raises the 429 (or 503) to send."""
+    def limit_headers(self) -> dict[str, str]:
+        """OpenAI's ``x-ratelimit-*`` headers from the last admission (none without one)."""
+        return {} if self._admission is None else self._admission.headers()
+
+    async def reserve(self, estimate: Charge, timeout_s: float) -> None:
+        """Hold ``estimate``. Raises the 429 (or 503) to send."""
         record = self._record
         try:
             admission = await self._limiter.reserve(
@@ -36,11 +54,11 @@ class Hold:
             )
         except BudgetUnavailable as exc:
             self._outage(exc)
-            return {}
+            return
         if not admission.admitted:
             raise admission.error()
         self.held = estimate
-        return admission.headers()
+        self._admission = admission
 
     @property
     def probes(self) -> bool:
@@ -49,10 +67,10 @@ class Hold:
 
     async def reserve_probing(
         self, estimate: Charge, timeout_s: float, probe: Probe
-    ) -> tuple[Probed | None, dict[str, str]]:
+    ) -> Probed | None:
         """:meth:`reserve` unless ``probe.key`` holds a value, in one round trip: what was found
-        (None when the store did not answer; the team's ``on_redis_down`` applied) and the
-        rate-limit headers. Raises the 429 to send, for a refused reserve or hit."""
+        (None when the store did not answer; the team's ``on_redis_down`` applied). Raises the
+        429 to send, for a refused reserve or hit."""
         record = self._record
         try:
             found = await self._limiter.reserve_probing(
@@ -65,26 +83,27 @@ class Hold:
             )
         except BudgetUnavailable as exc:
             self._outage(exc)
-            return None, {}
+            return None
         admission = found.admission
         if admission is None:
-            return found, {}
+            return found
         if not admission.admitted:
             raise admission.error()
         if found.locked:
             self.held = estimate
-        return found, admission.headers()
+        self._admission = admission
+        return found
 
-    async def count_hit(self, charge: Charge | None) -> dict[str, str]:
+    async def count_hit(self, charge: Charge | None) -> None:
         """A cache hit: rpm (and, with ``count_hits``, the tokens) without a hold."""
         try:
             admission = await self._limiter.count_hit(self._plan, self._record.key_id, charge)
         except BudgetUnavailable as exc:
             self._outage(exc)
-            return {}
+            return
         if not admission.admitted:
             raise admission.error()
-        return admission.headers()
+        self._admission = admission
 
     async def extend(self, estimate: Charge, timeout_s: float) -> bool:
         """Raise the hold for a dearer candidate; False when the budget cannot cover it."""

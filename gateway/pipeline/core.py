@@ -228,7 +228,8 @@ class Pipeline:
                 if plan.settings.count_hits
                 else None
             )
-            headers.update(await hold.count_hit(charge))
+            await hold.count_hit(charge)
+        headers.update(hold.limit_headers())
         record.status, record.cache = "cache_hit", "hit"
         record.deployment = hit.deployment or None
         record.prompt_tokens, record.completion_tokens = hit.prompt_tokens, hit.completion_tokens
@@ -295,7 +296,7 @@ class Pipeline:
             if record.attempts == 0:
                 if cache_plan is not None and cache_plan.probe_token is not None:
                     try:
-                        hit, counted = await self._probe(cache_plan, hold, estimate, route, headers)
+                        hit, counted = await self._probe(cache_plan, hold, estimate, route)
                     except (QuotaExceeded, RateLimited):
                         if prompt.exact:
                             raise
@@ -318,14 +319,14 @@ class Pipeline:
                         )
                 if hold.held is None and not hold.unenforced:
                     try:
-                        headers.update(await hold.reserve(estimate, route.timeout_s))
+                        await hold.reserve(estimate, route.timeout_s)
                     except (QuotaExceeded, RateLimited):
                         if prompt.exact:
                             raise
                         # The bound did not fit: the exact count may.
                         prompt_tokens, estimate = await self._exactly(prompt, completion, price)
                         record.prompt_tokens = prompt_tokens
-                        headers.update(await hold.reserve(estimate, route.timeout_s))
+                        await hold.reserve(estimate, route.timeout_s)
             elif not await hold.extend(estimate, route.timeout_s):
                 continue  # the budget cannot cover this dearer candidate: skip it
             record.estimated_cost_usd = estimate.usd
@@ -363,6 +364,9 @@ class Pipeline:
                 upstream_s += time.perf_counter() - called
             headers["x-tollgate-deployment"] = deployment_name
             headers["x-tollgate-attempts"] = str(record.attempts)
+            # Only now: a stream's head goes out long before its first token, so they are off
+            # that token's path (see Hold).
+            headers.update(hold.limit_headers())
             if isinstance(opened, UpstreamReply):
                 result = await self._reply(
                     opened, record, headers, hold, price, cache_plan, prompt, deployment.model
@@ -425,7 +429,6 @@ class Pipeline:
         hold: Hold,
         estimate: Charge,
         route: Route,
-        headers: dict[str, str],
     ) -> tuple[CacheEntry | None, bool]:
         """The cache lookup and the reserve in one round trip: (the hit or None, whether the
         hit was counted already). On a miss the hold is made unless another replica held the
@@ -437,8 +440,7 @@ class Pipeline:
             plan.lock_ms,
             count_hit=not plan.settings.count_hits,
         )
-        found, got = await hold.reserve_probing(estimate, route.timeout_s, probe)
-        headers.update(got)
+        found = await hold.reserve_probing(estimate, route.timeout_s, probe)
         if found is None:  # the store did not answer: as a lookup would, go ahead alone
             return await self._cache.probed(plan, None, locked=False, busy=False), False
         busy = found.value is None and not found.locked

@@ -273,3 +273,27 @@ async def test_replicas_share_one_flight_through_the_probe(
     assert led.headers["x-tollgate-cache"] == "miss"
     assert follower.headers["x-tollgate-cache"] == "hit"
     assert follower.json()["choices"] == led.json()["choices"]
+
+
+async def test_every_kind_of_answer_carries_the_rate_limit_headers(
+    make_gateway: GatewayFactory, sim_url: str, sim: httpx.Client, redis_url: str, redis_prefix: str
+) -> None:
+    # They are formatted when the answer goes out, not when the reserve returns: a miss, a
+    # stream, a hit found by the reserve's own lookup and a streamed hit all still carry them.
+    gateway = await make_gateway(
+        _policy(sim_url, budgeted=True), redis_url=redis_url, redis_prefix=redis_prefix
+    )
+    answers = [
+        await _post(gateway, _ask(seed=40)),
+        await _post(gateway, _ask(seed=41, stream=True)),
+        await _post(gateway, _ask(seed=40)),
+        await _post(gateway, _ask(seed=40, stream=True)),
+    ]
+    assert [a.headers["x-tollgate-cache"] for a in answers] == ["miss", "miss", "hit", "hit"]
+    assert calls(sim) == 2
+    for answer in answers:
+        assert answer.headers["x-ratelimit-limit-requests"] == "100000"
+        assert answer.headers["x-ratelimit-reset-requests"].endswith("s")
+        assert answer.headers["x-ratelimit-limit-tokens"] == "10000000"
+    left = [int(a.headers["x-ratelimit-remaining-requests"]) for a in answers]
+    assert left == sorted(left, reverse=True) and len(set(left)) == 4  # one request each
