@@ -1,4 +1,5 @@
-"""The coalescing transport under uvicorn's protocol: one write per loop iteration, nothing lost.
+"""The gateway's uvicorn protocol: the coalescing transport (one write per loop iteration, nothing
+lost), its ASGI extensions (disconnect callback, arrival time) and responses written directly.
 
 Real sockets throughout: a socket pair for the transport's own contract, and a uvicorn server on
 uvloop (as ``tollgate serve`` runs it) for the protocol.
