@@ -14,6 +14,11 @@ proxy at the time of a run::
         > /tmp/post.lua
     wrk -t1 -c16 -d8s -s /tmp/post.lua http://127.0.0.1:9002/v1/chat/completions
 
+A request with ``"stream": true`` is relayed as it arrives (each chunk the upstream sends is
+passed on at once), and ``/<prefix>/v1/chat/completions`` goes to the stub's route of that
+prefix (``/real/...``: the model-like paced stub), so the harness can set the bare proxy's
+streams beside the gateway's (``bench.run``'s streaming section does).
+
 ``PASSTHROUGH_CLIENT=httpx`` uses httpx (what the openai SDK uses) instead of aiohttp for the
 upstream call. Neither client is a dependency of the gateway; both come with the test extras'
 packages (litellm brings aiohttp, openai brings httpx).
@@ -27,10 +32,11 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import Response
+from fastapi.responses import Response, StreamingResponse
 
 UPSTREAM_PATH = "/fast/v1/chat/completions"
 _JSON = {"content-type": "application/json"}
+_STREAM = b'"stream":true'  # how the harness's bodies ask for a stream (no JSON parse here)
 
 
 @asynccontextmanager
@@ -41,11 +47,13 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 
         client: Any = httpx.AsyncClient(base_url=upstream, limits=httpx.Limits(max_connections=512))
         app.state.forward = lambda body: _httpx(client, body)
+        app.state.stream = lambda path, body: _httpx_stream(client, path, body)
     else:
         import aiohttp
 
         client = aiohttp.ClientSession(upstream, connector=aiohttp.TCPConnector(limit=512))
         app.state.forward = lambda body: _aiohttp(client, body)
+        app.state.stream = lambda path, body: _aiohttp_stream(client, path, body)
     try:
         yield
     finally:
@@ -57,9 +65,37 @@ async def _httpx(client: Any, body: bytes) -> Response:
     return Response(answer.content, answer.status_code, media_type="application/json")
 
 
+async def _httpx_stream(client: Any, path: str, body: bytes) -> Response:
+    answer = await client.send(
+        client.build_request("POST", path, content=body, headers=_JSON), stream=True
+    )
+
+    async def relay() -> AsyncIterator[bytes]:
+        try:
+            async for data in answer.aiter_raw():
+                yield data
+        finally:
+            await answer.aclose()
+
+    return StreamingResponse(relay(), answer.status_code, media_type="text/event-stream")
+
+
 async def _aiohttp(client: Any, body: bytes) -> Response:
     async with client.post(UPSTREAM_PATH, data=body, headers=_JSON) as answer:
         return Response(await answer.read(), answer.status, media_type="application/json")
+
+
+async def _aiohttp_stream(client: Any, path: str, body: bytes) -> Response:
+    answer = await client.post(path, data=body, headers=_JSON)
+
+    async def relay() -> AsyncIterator[bytes]:
+        try:
+            async for data in answer.content.iter_any():
+                yield data
+        finally:
+            answer.release()
+
+    return StreamingResponse(relay(), answer.status, media_type="text/event-stream")
 
 
 app = FastAPI(lifespan=_lifespan)
@@ -71,3 +107,15 @@ async def chat(request: Request) -> Response:
     forward: Any = request.app.state.forward
     response: Response = await forward(await request.body())
     return response
+
+
+@app.post("/{prefix}/v1/chat/completions")
+async def chat_at(prefix: str, request: Request) -> Response:
+    """Forward to the stub's route under ``prefix``; a stream is relayed chunk by chunk."""
+    body = await request.body()
+    if _STREAM in body.replace(b" ", b""):
+        stream: Any = request.app.state.stream
+        response: Response = await stream(f"/{prefix}/v1/chat/completions", body)
+        return response
+    forward: Any = request.app.state.forward
+    return await forward(body)  # type: ignore[no-any-return]

@@ -23,6 +23,7 @@ RATES = (
 SECTIONS = (
     "latency",
     "streaming",
+    "reference",
     "cache",
     "bigprompt",
     "throughput",

@@ -163,6 +163,8 @@ async def measure_all(run: Run) -> None:
         return {"fast": fast, "paced": paced}
 
     await run.section("streaming", streams)
+    # Right after the gateway's own, so the host's phase is about the same for both.
+    await run.section("reference", lambda: sections.reference(run))
     await run.section(
         "cache",
         lambda: measure.cache_hit(targets, run.bodies, plan.cache_rounds, run.upstream_calls),

@@ -247,6 +247,52 @@ async def wrk(run: Run) -> Json:
     return results
 
 
+async def reference(run: Run) -> Json:
+    """The issue's reference proxy, a bare FastAPI + aiohttp passthrough, measured as the
+    gateway is (added latency, streams fast and paced, a closed-loop peak), on the same host
+    minutes apart: what any Python proxy pays on this machine, before doing any work."""
+    assert run.stub is not None
+    proxy = stack.start_passthrough(run.procs, run.stub.url)
+    try:
+        port = run.stub.port
+        targets = measure.Targets(
+            direct=Target("direct", stack.HOST, port, "/fast" + stack.CHAT, b""),
+            gateway=proxy.target("/fast"),
+            direct_paced=Target("direct", stack.HOST, port, "/real" + stack.CHAT, b""),
+            gateway_paced=proxy.target("/real"),
+        )
+        plan, bodies = run.plan, run.bodies
+        latency = await measure.added_latency(targets, bodies, plan.rounds)
+        fast = await measure.streaming(targets, bodies, plan.stream_rounds, paced=False)
+        paced = await measure.streaming(targets, bodies, plan.paced_rounds, paced=True)
+        script = run.run_dir / "wrk-passthrough.lua"
+        script.write_text(load.wrk_script(bodies.run_id, "/fast" + stack.CHAT, None))
+        pids = process_tree(proxy.started.pid)
+        cpu = cpu_seconds(pids)
+        closed = await asyncio.to_thread(
+            load.run_wrk,
+            f"http://{stack.HOST}:{proxy.port}/fast{stack.CHAT}",
+            script,
+            plan.wrk_connections[0],
+            plan.wrk_s,
+        )
+        if closed.get("requests"):
+            used = cpu_seconds(pids) - cpu
+            closed["cpu_us_per_request"] = round(used / closed["requests"] * 1e6, 1)
+    finally:
+        run.procs.stop(proxy.started)
+    keep = ("direct_ms", "gateway_ms", "added_ms")
+    return {
+        "proxy": "bench/passthrough.py: FastAPI + aiohttp, body forwarded as bytes, nothing else",
+        "latency": {k: latency[k] for k in keep},
+        "streaming": {
+            "fast": {"ttft": fast["ttft"]},
+            "paced": {"ttft": paced["ttft"], "gap": paced["gap"]},
+        },
+        "wrk": closed,
+    }
+
+
 async def workers(run: Run, one_worker_best: float | None) -> Json:
     """7. The search again against ``--workers 2``; the ratio to one worker."""
     assert run.stub is not None and run.policy is not None

@@ -142,6 +142,28 @@ class Gateway:
         return Target(name, HOST, self.port, path, bearer(self.key))
 
 
+@dataclass(slots=True)
+class Passthrough:
+    """The issue's reference proxy (``bench/passthrough.py``), running: its process and port."""
+
+    started: Started
+    port: int
+
+    def target(self, prefix: str) -> Target:
+        """A client target for the stub's route under ``prefix`` (``/fast`` or ``/real``)."""
+        return Target("passthrough", HOST, self.port, prefix + CHAT, b"")
+
+
+def start_passthrough(procs: Processes, stub_url: str) -> Passthrough:
+    """A bare FastAPI + aiohttp proxy in front of the stub, started as the issue runs it."""
+    port = free_port()
+    argv = [sys.executable, "-m", "uvicorn", "bench.passthrough:app", "--host", HOST]
+    argv += ["--port", str(port), "--loop", "uvloop", "--http", "httptools", "--no-access-log"]
+    started = procs.start("passthrough", argv, {**os.environ, "UPSTREAM": stub_url}, cwd=REPO)
+    wait_ready(started, HOST, port, "/docs", 30)
+    return Passthrough(started, port)
+
+
 def gateway_env(backends: Backends, stub_url: str, policy: Path) -> dict[str, str]:
     """The environment of a gateway process: the inherited one minus any TOLLGATE_* setting."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TOLLGATE_")}

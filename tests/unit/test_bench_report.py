@@ -51,8 +51,50 @@ def test_evaluate_pass_fail_and_not_measured() -> None:
     assert rows["req/s per worker, added p99 <= 10 ms"]["status"] == "pass"
     assert rows["2 workers / 1 worker"]["status"] == "fail"  # 1.5 < 1.7 with 8 cores
     assert rows["x LiteLLM proxy's sustainable rate (same run)"]["status"] == "not measured"
-    assert rows["streaming added TTFT p50 (paced stub)"]["status"] == "not measured"
+    assert rows["streaming added TTFT p50, 1 in flight"]["status"] == "not measured"
     assert rows["RSS after soak, largest process"]["value"] == 140.0
+
+
+def ttft(fast: float, paced: float) -> dict[str, Any]:
+    return {
+        "fast": {"ttft": {"added_ms": {"p50": fast}}},
+        "paced": {"ttft": {"added_ms": {"p50": paced}}},
+    }
+
+
+def test_the_paced_first_token_is_reported_beside_the_bare_passthrough_not_judged() -> None:
+    measured = results(
+        streaming=ttft(0.5, 1.3),
+        reference={"streaming": ttft(0.35, 0.9), "latency": {"added_ms": {"p50": 0.3}}},
+    )
+    rows = by_name(evaluate(measured, nproc=2))
+    assert rows["streaming added TTFT p50, 1 in flight"]["status"] == "pass"
+    paced = rows["streaming added TTFT p50, paced stub"]
+    assert (paced["value"], paced["target"]) == (1.3, "-")
+    assert paced["status"] == "reported (a bare passthrough: 0.90)"
+    slow = by_name(evaluate(results(streaming=ttft(1.2, 1.3)), nproc=2))
+    assert slow["streaming added TTFT p50, 1 in flight"]["status"] == "fail"
+    assert slow["streaming added TTFT p50, paced stub"]["status"] == "reported"
+
+
+def test_the_reference_section_sets_the_passthrough_beside_the_gateway() -> None:
+    measured = results(
+        streaming=ttft(0.5, 1.3),
+        wrk={"gateway": [{"connections": 16, "rps": 3100.0, "gateway_cpu_us_per_request": 300.0}]},
+        reference={
+            "proxy": "bench/passthrough.py",
+            "latency": {"added_ms": {"p50": 0.31, "p99": 0.7}},
+            "streaming": ttft(0.36, 0.87),
+            "wrk": {"connections": 16, "rps": 4500.0, "cpu_us_per_request": 220.0},
+        },
+    )
+    text = markdown({"results": measured, "targets": evaluate(measured, nproc=2)})
+    section = text.split("## Reference: a bare FastAPI passthrough on the same host")[1]
+    assert "| paced stream, added time to first token | 0.87 | - | 1.30 | - | 0.43 |" in section
+    assert "| added latency, 1 in flight | 0.31 | 0.70 | 0.53 | 1.30 | 0.22 |" in section
+    assert "passthrough 4,500 req/s at 220 us" in section
+    assert "gateway 3,100 req/s at 300 us" in section
+    assert "| streaming added TTFT p50, paced stub | 1.30 ms | - | reported" in text
 
 
 def test_worker_scaling_is_not_judged_on_two_cores() -> None:
