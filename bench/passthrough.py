@@ -17,7 +17,7 @@ proxy at the time of a run::
 A request with ``"stream": true`` is relayed as it arrives (each chunk the upstream sends is
 passed on at once), and ``/<prefix>/v1/chat/completions`` goes to the stub's route of that
 prefix (``/real/...``: the model-like paced stub), so the harness can set the bare proxy's
-streams beside the gateway's (``bench.run``'s streaming section does).
+streams beside the gateway's (``bench.run``'s reference section does).
 
 ``PASSTHROUGH_CLIENT=httpx`` uses httpx (what the openai SDK uses) instead of aiohttp for the
 upstream call. Neither client is a dependency of the gateway; both come with the test extras'
