@@ -34,9 +34,10 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
 
+from bench.stub import STREAM_MARKERS
+
 UPSTREAM_PATH = "/fast/v1/chat/completions"
 _JSON = {"content-type": "application/json"}
-_STREAM = b'"stream":true'  # how the harness's bodies ask for a stream (no JSON parse here)
 
 
 @asynccontextmanager
@@ -46,13 +47,13 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         import httpx
 
         client: Any = httpx.AsyncClient(base_url=upstream, limits=httpx.Limits(max_connections=512))
-        app.state.forward = lambda body: _httpx(client, body)
+        app.state.forward = lambda path, body: _httpx(client, path, body)
         app.state.stream = lambda path, body: _httpx_stream(client, path, body)
     else:
         import aiohttp
 
         client = aiohttp.ClientSession(upstream, connector=aiohttp.TCPConnector(limit=512))
-        app.state.forward = lambda body: _aiohttp(client, body)
+        app.state.forward = lambda path, body: _aiohttp(client, path, body)
         app.state.stream = lambda path, body: _aiohttp_stream(client, path, body)
     try:
         yield
@@ -60,8 +61,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         await (client.aclose() if hasattr(client, "aclose") else client.close())
 
 
-async def _httpx(client: Any, body: bytes) -> Response:
-    answer = await client.post(UPSTREAM_PATH, content=body, headers=_JSON)
+async def _httpx(client: Any, path: str, body: bytes) -> Response:
+    answer = await client.post(path, content=body, headers=_JSON)
     return Response(answer.content, answer.status_code, media_type="application/json")
 
 
@@ -77,11 +78,12 @@ async def _httpx_stream(client: Any, path: str, body: bytes) -> Response:
         finally:
             await answer.aclose()
 
-    return StreamingResponse(relay(), answer.status_code, media_type="text/event-stream")
+    kind = answer.headers.get("content-type", "text/event-stream")
+    return StreamingResponse(relay(), answer.status_code, media_type=kind)
 
 
-async def _aiohttp(client: Any, body: bytes) -> Response:
-    async with client.post(UPSTREAM_PATH, data=body, headers=_JSON) as answer:
+async def _aiohttp(client: Any, path: str, body: bytes) -> Response:
+    async with client.post(path, data=body, headers=_JSON) as answer:
         return Response(await answer.read(), answer.status, media_type="application/json")
 
 
@@ -95,7 +97,8 @@ async def _aiohttp_stream(client: Any, path: str, body: bytes) -> Response:
         finally:
             answer.release()
 
-    return StreamingResponse(relay(), answer.status, media_type="text/event-stream")
+    kind = answer.headers.get("content-type", "text/event-stream")
+    return StreamingResponse(relay(), answer.status, media_type=kind)
 
 
 app = FastAPI(lifespan=_lifespan)
@@ -105,7 +108,7 @@ app = FastAPI(lifespan=_lifespan)
 async def chat(request: Request) -> Response:
     """Forward the body as it came; answer with the upstream's."""
     forward: Any = request.app.state.forward
-    response: Response = await forward(await request.body())
+    response: Response = await forward(UPSTREAM_PATH, await request.body())
     return response
 
 
@@ -113,9 +116,11 @@ async def chat(request: Request) -> Response:
 async def chat_at(prefix: str, request: Request) -> Response:
     """Forward to the stub's route under ``prefix``; a stream is relayed chunk by chunk."""
     body = await request.body()
-    if _STREAM in body.replace(b" ", b""):
-        stream: Any = request.app.state.stream
-        response: Response = await stream(f"/{prefix}/v1/chat/completions", body)
-        return response
-    forward: Any = request.app.state.forward
-    return await forward(body)  # type: ignore[no-any-return]
+    path = f"/{prefix}/v1/chat/completions"
+    relay: Any = (
+        request.app.state.stream
+        if any(marker in body for marker in STREAM_MARKERS)
+        else request.app.state.forward
+    )
+    response: Response = await relay(path, body)
+    return response

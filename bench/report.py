@@ -382,7 +382,15 @@ def _reference(r: Json) -> list[str]:
     ref = r.get("reference")
     if not ref:
         return []
-    gateway_wrk: Json = next(iter(dig(r, "wrk.gateway") or []), {})
+    closed = ref.get("wrk") or {}
+    gateway_wrk: Json = next(
+        (
+            run
+            for run in dig(r, "wrk.gateway") or []
+            if run.get("connections") == closed.get("connections")
+        ),
+        {},
+    )
     rows = [
         [label, *(dig(source, path + key) for source in (ref, r) for key in keys)]
         for label, path, keys in (
@@ -396,21 +404,26 @@ def _reference(r: Json) -> list[str]:
         )
     ]
     for row in rows:  # what the gateway's features cost beyond a bare proxy's, at the median
+        bare, full = row[1], row[3]
+        number = int | float
+        # From the figures as shown, so that the row adds up on the page.
         row.append(
-            row[3] - row[1] if isinstance(row[1], float) and isinstance(row[3], float) else None
+            round(round(full, 2) - round(bare, 2), 2)
+            if isinstance(bare, number) and isinstance(full, number)
+            else None
         )
     lines = [
         "## Reference: a bare FastAPI passthrough on the same host",
         "",
-        f"{ref.get('proxy')}; measured right after the gateway's streams, the same way (each "
-        "figure against the stub in the same alternation). It is the issue's calibration point "
+        f"{ref.get('proxy')}; measured in the same run as the gateway and the same way (each "
+        "figure against the stub in the same alternation; with every section on, right after "
+        "the gateway's streams). It is the issue's calibration point "
         "(about 0.36 ms added at one in flight and 4,700 req/s on its machine): what this host "
         "charges a Python proxy that does nothing, in the same minutes.",
         "",
     ]
     header = ["ms", "passthrough p50", "passthrough p99", "gateway p50", "gateway p99"]
     lines += _table([*header, "gateway - passthrough, p50"], rows)
-    closed = ref.get("wrk") or {}
     lines += [
         f"Closed loop (wrk, {_fmt(closed.get('connections'), 0)} connections): passthrough "
         f"{_fmt(closed.get('rps'), 0)} req/s at {_fmt(closed.get('cpu_us_per_request'), 0)} "

@@ -160,7 +160,11 @@ def start_passthrough(procs: Processes, stub_url: str) -> Passthrough:
     argv = [sys.executable, "-m", "uvicorn", "bench.passthrough:app", "--host", HOST]
     argv += ["--port", str(port), "--loop", "uvloop", "--http", "httptools", "--no-access-log"]
     started = procs.start("passthrough", argv, {**os.environ, "UPSTREAM": stub_url}, cwd=REPO)
-    wait_ready(started, HOST, port, "/docs", 30)
+    try:
+        wait_ready(started, HOST, port, "/docs", 30)
+    except BaseException:
+        procs.stop(started)  # not left running through the sections after it
+        raise
     return Passthrough(started, port)
 
 

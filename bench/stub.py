@@ -31,7 +31,8 @@ from typing import cast
 import httptools
 import orjson
 
-_STREAM_MARKERS = (b'"stream":true', b'"stream": true')
+# How a body asks for a stream, found without parsing it (the passthrough uses them too).
+STREAM_MARKERS = (b'"stream":true', b'"stream": true')
 _USAGE_MARKERS = (b'"include_usage":true', b'"include_usage": true')
 _ID = b'"id":"chatcmpl-bench","created":1700000000,"model":"bench"'
 
@@ -192,7 +193,7 @@ class StubProtocol(asyncio.Protocol):
         self._stats.requests += 1
         self._stats.bytes_in += len(body)
         prompt_tokens = max(1, len(body) // 4)
-        if not any(marker in body for marker in _STREAM_MARKERS):
+        if not any(marker in body for marker in STREAM_MARKERS):
             self._json(200, json_answer(config.tokens, prompt_tokens))
             return
         self._stats.streams += 1

@@ -14,7 +14,7 @@ import uvicorn
 from bench.client import Options, Target, connect
 from bench.stub import StubConfig, StubProtocol, StubStats
 
-TTFT_S, INTERVAL_S = 0.06, 0.04
+TTFT_S, INTERVAL_S = 0.2, 0.1
 
 
 def _free_port() -> int:
@@ -26,7 +26,7 @@ def _free_port() -> int:
 
 @pytest.fixture
 async def proxy(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[int, StubStats]]:
-    """The stub (paced: first token after 60 ms, then one every 40 ms) and the passthrough in
+    """The stub (paced: first token after 200 ms, then one every 100 ms) and the passthrough in
     front of it, both in this event loop."""
     stats = StubStats()
     config = StubConfig(tokens=3, real_ttft_s=TTFT_S, real_interval_s=INTERVAL_S)
@@ -51,19 +51,26 @@ async def proxy(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[int, Stu
         await stub.wait_closed()
 
 
-async def test_json_is_forwarded_on_both_routes(proxy: tuple[int, StubStats]) -> None:
+async def _post(port: int, path: str, body: bytes) -> tuple[int, bytes]:
+    target = Target("passthrough", "127.0.0.1", port, path, b"")
+    conn = await connect(target, Options(body=True))
+    try:
+        answer = await conn.call(target.request(body))
+    finally:
+        conn.close()
+    return answer.status, bytes(answer.body or b"")
+
+
+async def test_json_is_forwarded_on_every_route(
+    proxy: tuple[int, StubStats],
+) -> None:
     port, stats = proxy
     body = b'{"model":"m","messages":[{"role":"user","content":"hi"}]}'
-    for path in ("/v1/chat/completions", "/fast/v1/chat/completions"):
-        target = Target("passthrough", "127.0.0.1", port, path, b"")
-        conn = await connect(target, Options(body=True))
-        try:
-            answer = await conn.call(target.request(body))
-        finally:
-            conn.close()
-        assert answer.status == 200 and answer.body is not None
-        assert orjson.loads(bytes(answer.body))["object"] == "chat.completion"
-    assert stats.requests == 2 and stats.streams == 0
+    for path in ("/v1/chat/completions", "/fast/v1/chat/completions", "/real/v1/chat/completions"):
+        status, answer = await _post(port, path, body)
+        assert status == 200
+        assert orjson.loads(answer)["object"] == "chat.completion"
+    assert stats.requests == 3 and stats.streams == 0
 
 
 async def test_a_stream_is_relayed_as_it_arrives_not_buffered(
@@ -81,7 +88,22 @@ async def test_a_stream_is_relayed_as_it_arrives_not_buffered(
     assert stats.streams == 1
     events = answer.events or []
     assert len(events) >= 3
-    # Each token left the stub 40 ms after the one before; a buffering proxy would deliver
+    # Each token left the stub 100 ms after the one before; a buffering proxy would deliver
     # them together at the end.
     assert events[0] - answer.sent >= TTFT_S * 0.8
     assert events[-1] - events[0] >= 2 * INTERVAL_S * 0.8
+
+
+async def test_a_stream_keeps_its_prefix_the_fast_stubs_comes_at_once(
+    proxy: tuple[int, StubStats],
+) -> None:
+    port, _ = proxy
+    target = Target("passthrough", "127.0.0.1", port, "/fast/v1/chat/completions", b"")
+    conn = await connect(target, Options(events=True, body=True))
+    try:
+        answer = await conn.call(target.request(b'{"model":"m","stream":true}'))
+    finally:
+        conn.close()
+    assert answer.status == 200 and answer.events
+    # Not sent to /real (200 ms to the first token there).
+    assert answer.events[-1] - answer.sent < TTFT_S / 2
