@@ -11,7 +11,7 @@ import orjson
 import pytest
 import uvicorn
 
-from bench.client import Options, Target, connect
+from bench.client import Exchange, Options, Target, connect
 from bench.stub import StubConfig, StubProtocol, StubStats
 
 TTFT_S, INTERVAL_S = 0.2, 0.1
@@ -51,14 +51,14 @@ async def proxy(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[int, Stu
         await stub.wait_closed()
 
 
-async def _post(port: int, path: str, body: bytes) -> tuple[int, bytes]:
+async def _call(port: int, path: str, body: bytes) -> Exchange:
+    """One request to the passthrough on a connection of its own; events timed for a stream."""
     target = Target("passthrough", "127.0.0.1", port, path, b"")
-    conn = await connect(target, Options(body=True))
+    conn = await connect(target, Options(events=True, body=True))
     try:
-        answer = await conn.call(target.request(body))
+        return await conn.call(target.request(body))
     finally:
         conn.close()
-    return answer.status, bytes(answer.body or b"")
 
 
 async def test_json_is_forwarded_on_every_route(
@@ -67,9 +67,9 @@ async def test_json_is_forwarded_on_every_route(
     port, stats = proxy
     body = b'{"model":"m","messages":[{"role":"user","content":"hi"}]}'
     for path in ("/v1/chat/completions", "/fast/v1/chat/completions", "/real/v1/chat/completions"):
-        status, answer = await _post(port, path, body)
-        assert status == 200
-        assert orjson.loads(answer)["object"] == "chat.completion"
+        answer = await _call(port, path, body)
+        assert answer.status == 200 and answer.body is not None
+        assert orjson.loads(bytes(answer.body))["object"] == "chat.completion"
     assert stats.requests == 3 and stats.streams == 0
 
 
@@ -77,12 +77,7 @@ async def test_a_stream_is_relayed_as_it_arrives_not_buffered(
     proxy: tuple[int, StubStats],
 ) -> None:
     port, stats = proxy
-    target = Target("passthrough", "127.0.0.1", port, "/real/v1/chat/completions", b"")
-    conn = await connect(target, Options(events=True, body=True))
-    try:
-        answer = await conn.call(target.request(b'{"model":"m","stream": true}'))
-    finally:
-        conn.close()
+    answer = await _call(port, "/real/v1/chat/completions", b'{"model":"m","stream": true}')
     assert answer.status == 200 and answer.body is not None
     assert bytes(answer.body).endswith(b"data: [DONE]\n\n")
     assert stats.streams == 1
@@ -98,12 +93,7 @@ async def test_a_stream_keeps_its_prefix_the_fast_stubs_comes_at_once(
     proxy: tuple[int, StubStats],
 ) -> None:
     port, _ = proxy
-    target = Target("passthrough", "127.0.0.1", port, "/fast/v1/chat/completions", b"")
-    conn = await connect(target, Options(events=True, body=True))
-    try:
-        answer = await conn.call(target.request(b'{"model":"m","stream":true}'))
-    finally:
-        conn.close()
+    answer = await _call(port, "/fast/v1/chat/completions", b'{"model":"m","stream":true}')
     assert answer.status == 200 and answer.events
     # Not sent to /real (200 ms to the first token there).
     assert answer.events[-1] - answer.sent < TTFT_S / 2
