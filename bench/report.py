@@ -403,9 +403,9 @@ def _reference(r: Json) -> list[str]:
             ),
         )
     ]
+    number = int | float
     for row in rows:  # what the gateway's features cost beyond a bare proxy's, at the median
         bare, full = row[1], row[3]
-        number = int | float
         # From the figures as shown, so that the row adds up on the page.
         row.append(
             round(round(full, 2) - round(bare, 2), 2)
