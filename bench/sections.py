@@ -14,7 +14,6 @@ from typing import Any
 import orjson
 
 from bench import load, measure, report, stack
-from bench.client import Target
 from bench.interrupt import StopSwitch
 from bench.openloop import Pool
 from bench.plan import Plan
@@ -67,11 +66,10 @@ class Run:
     def targets(self) -> measure.Targets:
         """Where requests go: the stub (fast and paced) and the gateway."""
         assert self.stub is not None and self.gateway is not None
-        port = self.stub.port
         return measure.Targets(
-            direct=Target("direct", stack.HOST, port, "/fast" + stack.CHAT, b""),
+            direct=self.stub.target("/fast"),
             gateway=self.gateway.target(),
-            direct_paced=Target("direct", stack.HOST, port, "/real" + stack.CHAT, b""),
+            direct_paced=self.stub.target("/real"),
             gateway_paced=self.gateway.target(),
         )
 
@@ -254,11 +252,10 @@ async def reference(run: Run) -> Json:
     assert run.stub is not None
     proxy = stack.start_passthrough(run.procs, run.stub.url)
     try:
-        port = run.stub.port
         targets = measure.Targets(
-            direct=Target("direct", stack.HOST, port, "/fast" + stack.CHAT, b""),
+            direct=run.stub.target("/fast"),
             gateway=proxy.target("/fast"),
-            direct_paced=Target("direct", stack.HOST, port, "/real" + stack.CHAT, b""),
+            direct_paced=run.stub.target("/real"),
             gateway_paced=proxy.target("/real"),
         )
         plan, bodies = run.plan, run.bodies

@@ -48,6 +48,10 @@ class Stub:
         """The port from the URL."""
         return int(self.url.rsplit(":", 1)[1])
 
+    def target(self, prefix: str) -> Target:
+        """A client target for the stub's chat route under ``prefix`` (``/fast`` or ``/real``)."""
+        return Target("direct", HOST, self.port, prefix + CHAT, b"")
+
 
 def start_stub(procs: Processes, ttft_ms: float, tokens_per_s: float, tokens: int) -> Stub:
     """``python -m bench.stub`` on a free port."""
